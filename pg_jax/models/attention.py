@@ -1,0 +1,77 @@
+"""Scaled dot-product attention shared by the SigLIP and Gemma towers.
+
+Einsum legend: B batch, T query length, S key/value length, N query heads,
+K key/value heads, G query heads per key/value head (N = K * G), H head dim.
+
+Two implementations sit behind one option so that they can be compared and
+swapped from a config:
+
+- ``"einsum"``: plain einsums with float32 logits and softmax. Supports the
+  Gemma 2 logit soft-cap. Works everywhere and is the numerical reference.
+- ``"xla"`` / ``"cudnn"``: ``jax.nn.dot_product_attention``; ``"cudnn"`` asks
+  for the fused cuDNN kernel (GPU only, bf16/f16). No soft-cap support.
+"""
+
+import jax
+import jax.numpy as jnp
+
+# Large negative logit for masked positions. Finite (not -inf) so that a fully
+# masked row (a padding query) gives a uniform softmax instead of NaN.
+BIG_NEG = -2.3819763e38
+
+IMPLEMENTATIONS = ("einsum", "xla", "cudnn")
+
+
+def attend(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    mask: jax.Array | None,
+    *,
+    softcap: float = 0.0,
+    implementation: str = "einsum",
+) -> jax.Array:
+    """Attention of already-scaled queries over keys and values.
+
+    Args:
+      q: float[B, T, N, H] queries, already multiplied by the query scale.
+      k: float[B, S, K, H] keys (K divides N: MHA, GQA or MQA).
+      v: float[B, S, K, H] values.
+      mask: bool[B, T, S], True where query t may attend to key s; None = all.
+      softcap: if > 0, logits become ``softcap * tanh(logits / softcap)``.
+      implementation: one of IMPLEMENTATIONS.
+
+    Returns:
+      float[B, T, N, H] in the dtype of ``v``.
+    """
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"attention implementation {implementation!r} not in {IMPLEMENTATIONS}")
+    b, t, n, h = q.shape
+    kv_heads = k.shape[2]
+    if n % kv_heads:
+        raise ValueError(f"{n} query heads are not a multiple of {kv_heads} kv heads")
+
+    if implementation != "einsum":
+        if softcap:
+            raise ValueError(
+                f"attention implementation {implementation!r} has no logit soft-cap; "
+                "use 'einsum' for Gemma 2 (PaliGemma 2)."
+            )
+        return jax.nn.dot_product_attention(
+            q,
+            k,
+            v,
+            mask=None if mask is None else mask[:, None, :, :],
+            scale=1.0,
+            implementation=None if implementation == "xla" else "cudnn",
+        )
+
+    q = q.reshape(b, t, kv_heads, n // kv_heads, h)
+    logits = jnp.einsum("BTKGH,BSKH->BKGTS", q, k, preferred_element_type=jnp.float32)
+    if softcap:
+        logits = jnp.tanh(logits / softcap) * softcap
+    if mask is not None:
+        logits = jnp.where(mask[:, None, None, :, :], logits, BIG_NEG)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    encoded = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v)
+    return encoded.reshape(b, t, n, h)

@@ -1,0 +1,315 @@
+"""Gemma (PaliGemma 1) and Gemma 2 (PaliGemma 2) decoder.
+
+Einsum legend: B batch, T query length, S key/value length, N query heads,
+K key/value heads, G query heads per kv head, H head dim, D width, F MLP width,
+V vocabulary, L layers.
+
+Parameter names and shapes are those of the released big_vision checkpoints
+(``llm/...``). Layers are stacked on a leading L axis by ``nn.scan``; the
+per-layer KV cache is scanned alongside them, so the cache arrays are
+``[L, B, S, K, H]``.
+
+Numerics: matmuls run in ``dtype``; RMSNorm, RoPE, attention logits and softmax,
+and the output logits are computed in float32 whatever ``dtype`` is (fp16 on
+T4/P100 overflows otherwise).
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
+
+from pg_jax.models import attention
+
+QUERY_PRE_ATTN_NORMS = ("rsqrt_head_dim", "rsqrt_emb_per_head")
+
+
+def _init(in_axis, out_axis):
+    return nn.initializers.variance_scaling(
+        1.0, "fan_in", "truncated_normal", in_axis=in_axis, out_axis=out_axis
+    )
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, max_wavelength: float = 10_000) -> jax.Array:
+    """Rotary position embedding, split-half form, computed in float32.
+
+    Args:
+      x: float[B, T, N, H].
+      positions: int[B, T] absolute positions.
+
+    Returns:
+      float[B, T, N, H] with the dtype of ``x``: ``[x1 cos - x2 sin, x2 cos + x1 sin]``
+      over the two halves of H.
+    """
+    half = x.shape[-1] // 2
+    timescale = max_wavelength ** (2.0 * jnp.arange(half, dtype=jnp.float32) / x.shape[-1])
+    radians = positions.astype(jnp.float32)[..., None, None] / timescale  # [B, T, 1, H/2]
+    sin, cos = jnp.sin(radians), jnp.cos(radians)
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x.dtype)
+
+
+class RMSNorm(nn.Module):
+    """``x / sqrt(mean(x^2) + eps) * (1 + scale)``, in float32."""
+
+    eps: float = 1e-6
+
+    @nn.compact
+    def __call__(self, x):
+        scale = self.param("scale", nn.initializers.zeros_init(), (x.shape[-1],))
+        x32 = x.astype(jnp.float32)
+        x32 = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
+        return (x32 * (1.0 + scale.astype(jnp.float32))).astype(x.dtype)
+
+
+class Einsum(nn.Module):
+    """A weight ``w`` of a given shape applied with an einsum equation."""
+
+    shape: tuple[int, ...]
+    w_init: nn.initializers.Initializer = nn.initializers.zeros_init()
+
+    @nn.compact
+    def __call__(self, eqn: str, x: jax.Array) -> jax.Array:
+        w = self.param("w", self.w_init, self.shape)
+        return jnp.einsum(eqn, x, w.astype(x.dtype))
+
+
+class Embedder(nn.Module):
+    """Token embedding, tied with the output projection."""
+
+    vocab_size: int
+    width: int
+
+    def setup(self):
+        self.input_embedding = self.param(
+            "input_embedding",
+            nn.initializers.variance_scaling(1.0, "fan_in", "normal", in_axis=1, out_axis=0),
+            (self.vocab_size, self.width),
+        )
+
+    def encode(self, tokens: jax.Array, dtype) -> jax.Array:
+        x = self.input_embedding[(tokens,)].astype(dtype)
+        return x * jnp.asarray(self.width**0.5, dtype)
+
+    def decode(self, x: jax.Array) -> jax.Array:
+        table = self.input_embedding.astype(x.dtype)
+        return jnp.einsum("...D,VD->...V", x, table, preferred_element_type=jnp.float32)
+
+
+class Attention(nn.Module):
+    """Multi-query / grouped-query attention with RoPE and an optional KV cache."""
+
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    query_pre_attn_norm: str = "rsqrt_head_dim"
+    attn_logits_softcap: float = 0.0
+    attention_impl: str = "einsum"
+
+    @nn.compact
+    def __call__(self, x, positions, attn_mask, kv_cache, cache_index):
+        width = x.shape[-1]
+        n, k_heads, h = self.num_heads, self.num_kv_heads, self.head_dim
+        if n == k_heads:
+            # Multi-head checkpoints store q, k and v in one tensor.
+            qkv = Einsum((3, n, width, h), _init((2,), (0, 1, 3)), name="qkv_einsum")
+            q, k, v = qkv("BTD,3NDH->3BTNH", x)
+        else:
+            q = Einsum((n, width, h), _init((1,), (0, 2)), name="q_einsum")("BTD,NDH->BTNH", x)
+            kv = Einsum((2, k_heads, width, h), _init((2,), (0, 1, 3)), name="kv_einsum")
+            k, v = kv("BSD,2KDH->2BSKH", x)
+
+        q = apply_rope(q, positions)
+        k = apply_rope(k, positions)
+        if self.query_pre_attn_norm == "rsqrt_head_dim":
+            q = q * jnp.asarray(h**-0.5, q.dtype)
+        elif self.query_pre_attn_norm == "rsqrt_emb_per_head":  # Gemma 2 27B.
+            q = q * jnp.asarray((width // n) ** -0.5, q.dtype)
+        else:
+            raise ValueError(
+                f"query_pre_attn_norm {self.query_pre_attn_norm!r} not in {QUERY_PRE_ATTN_NORMS}"
+            )
+
+        if kv_cache is None:
+            new_kv = (k, v)
+        else:
+            # Write this step's keys/values at cache_index (the same slot for
+            # every example; examples differ only in which slots are valid).
+            k_cache, v_cache = kv_cache
+            start = (0, cache_index, 0, 0)
+            k_cache = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), start)
+            v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), start)
+            new_kv = (k_cache, v_cache)
+            k, v = k_cache.astype(x.dtype), v_cache.astype(x.dtype)
+
+        encoded = attention.attend(
+            q,
+            k,
+            v,
+            attn_mask,
+            softcap=self.attn_logits_softcap,
+            implementation=self.attention_impl,
+        )
+        encoded = checkpoint_name(encoded, "attn_encoded")
+        out = Einsum((n, h, width), _init((0, 1), (2,)), name="attn_vec_einsum")
+        return out("BTNH,NHD->BTD", encoded), new_kv
+
+
+class FeedForward(nn.Module):
+    """GeGLU: ``(gelu_tanh(x @ gating[0]) * (x @ gating[1])) @ linear``."""
+
+    mlp_dim: int
+
+    @nn.compact
+    def __call__(self, x):
+        width = x.shape[-1]
+        gating = self.param("gating_einsum", _init((1,), (0, 2)), (2, width, self.mlp_dim))
+        linear = self.param("linear", _init((0,), (1,)), (self.mlp_dim, width))
+        gating = gating.astype(x.dtype)
+        hidden = nn.gelu(x @ gating[0], approximate=True) * (x @ gating[1])
+        hidden = checkpoint_name(hidden, "mlp_hidden")
+        return hidden @ linear.astype(x.dtype)
+
+
+class Block(nn.Module):
+    """Decoder block; Gemma 2 adds norms after attention and after the MLP."""
+
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    mlp_dim: int
+    query_pre_attn_norm: str = "rsqrt_head_dim"
+    attn_logits_softcap: float = 0.0
+    post_norms: bool = False
+    sliding_window: int = 0
+    attention_impl: str = "einsum"
+
+    @nn.compact
+    def __call__(self, x, scanned, positions, key_positions, attn_mask, cache_index):
+        """One layer. ``scanned`` = (layer's kv cache or None, whether it slides)."""
+        kv_cache, is_sliding = scanned
+        if self.sliding_window:
+            # HF Gemma 2 limits every other layer to the last `sliding_window`
+            # positions; only sequences longer than the window (896 px) notice.
+            near = positions[:, :, None] - key_positions[:, None, :] < self.sliding_window
+            attn_mask = jnp.where(is_sliding, attn_mask & near, attn_mask)
+
+        x = nn.with_logical_constraint(x, ("act_batch", "act_len", "act_emb"))
+        y = RMSNorm(name="pre_attention_norm")(x)
+        y, new_kv = Attention(
+            self.num_heads,
+            self.num_kv_heads,
+            self.head_dim,
+            self.query_pre_attn_norm,
+            self.attn_logits_softcap,
+            self.attention_impl,
+            name="attn",
+        )(y, positions, attn_mask, kv_cache, cache_index)
+        if self.post_norms:
+            y = RMSNorm(name="post_attention_norm")(y)
+        x = checkpoint_name(x + y, "attn_residual")
+        y = RMSNorm(name="pre_ffw_norm")(x)
+        y = FeedForward(self.mlp_dim, name="mlp")(y)
+        if self.post_norms:
+            y = RMSNorm(name="post_ffw_norm")(y)
+        return checkpoint_name(x + y, "block_out"), new_kv
+
+
+class Model(nn.Module):
+    """The Gemma decoder over already-embedded inputs.
+
+    Call order used by PaliGemma: ``embed_tokens`` -> ``__call__`` on the
+    concatenated image + text embeddings -> ``compute_logits`` on the positions
+    that need logits.
+    """
+
+    width: int
+    depth: int
+    mlp_dim: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    vocab_size: int
+    query_pre_attn_norm: str = "rsqrt_head_dim"
+    attn_logits_softcap: float = 0.0
+    final_logits_softcap: float = 0.0
+    post_norms: bool = False
+    sliding_window: int = 0
+    dtype: str = "float32"
+    attention_impl: str = "einsum"
+    remat_policy: str = "none"
+    scan_unroll: int = 1
+
+    def setup(self):
+        self.embedder = Embedder(self.vocab_size, self.width)
+        block = Block
+        if self.remat_policy != "none":
+            block = nn.remat(
+                block, prevent_cse=False, policy=getattr(jax.checkpoint_policies, self.remat_policy)
+            )
+        self.layers = nn.scan(
+            block,
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+            length=self.depth,
+            unroll=self.scan_unroll,
+        )(
+            self.num_heads,
+            self.num_kv_heads,
+            self.head_dim,
+            self.mlp_dim,
+            self.query_pre_attn_norm,
+            self.attn_logits_softcap,
+            self.post_norms,
+            self.sliding_window,
+            self.attention_impl,
+        )
+        self.final_norm = RMSNorm()
+
+    def embed_tokens(self, tokens: jax.Array) -> jax.Array:
+        """int[B, T] -> float[B, T, D] scaled by sqrt(D), in ``dtype``."""
+        return self.embedder.encode(tokens, self.dtype)
+
+    def __call__(
+        self,
+        x: jax.Array,
+        positions: jax.Array,
+        attn_mask: jax.Array,
+        kv_cache: dict | None = None,
+        cache_index: jax.Array | None = None,
+    ):
+        """Runs the decoder layers.
+
+        Args:
+          x: float[B, T, D] embedded inputs.
+          positions: int[B, T] RoPE positions of the inputs.
+          attn_mask: bool[B, T, S]; S = T without a cache, the cache size with one.
+          kv_cache: None, or {"k", "v": [L, B, S, K, H], "pos": int[B, S]} to attend
+            over; this step's keys/values are written at ``cache_index``.
+          cache_index: int32 scalar slot of the first input in the cache.
+
+        Returns:
+          (pre_logits float[B, T, D] after the final norm,
+           {"k", "v": [L, B, S', K, H]}: the updated cache, or this call's keys
+           and values (S' = T) when there is no cache).
+        """
+        x = x.astype(self.dtype)
+        is_sliding = jnp.arange(self.depth) % 2 == 0  # HF: layers 0, 2, 4, ... slide.
+        if kv_cache is None:
+            layer_kv, key_positions = None, positions
+        else:
+            layer_kv = (kv_cache["k"], kv_cache["v"])
+            key_positions = kv_cache["pos"]
+        x, (k, v) = self.layers(
+            x, (layer_kv, is_sliding), positions, key_positions, attn_mask, cache_index
+        )
+        return self.final_norm(x), {"k": k, "v": v}
+
+    def compute_logits(self, pre_logits: jax.Array) -> jax.Array:
+        """float[..., D] -> float32[..., V] through the tied embedding."""
+        logits = self.embedder.decode(pre_logits)
+        if self.final_logits_softcap:
+            logits = jnp.tanh(logits / self.final_logits_softcap) * self.final_logits_softcap
+        return logits
