@@ -16,6 +16,7 @@ Decoding uses an explicit KV cache (a dict of arrays, usable as a
     logits, cache = model.apply(v, next_token, cache, method=Model.extend)
 """
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -59,6 +60,13 @@ class Model(nn.Module):
 
     img: dict
     llm: dict
+
+    def __post_init__(self):
+        # Frozen (hashable) tower configs make the module usable as a static
+        # argument of jax.jit, e.g. by the decode loop.
+        object.__setattr__(self, "img", flax.core.FrozenDict(self.img))
+        object.__setattr__(self, "llm", flax.core.FrozenDict(self.llm))
+        super().__post_init__()
 
     def setup(self):
         self._llm = gemma.Model(**self.llm, name="llm")
