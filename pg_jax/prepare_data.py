@@ -92,15 +92,28 @@ def _serialize(ex: Example, image: bytes) -> bytes:
 
 def _diff(old: dict, new: dict) -> str:
     keys = sorted(set(old) | set(new))
-    return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys
-                     if old.get(k) != new.get(k))
+    return ", ".join(
+        f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)
+    )
 
 
-def prepare(source: str, input: str, split: str, out: str, *, limit: int | None = None,  # noqa: A002
-            fraction: float | None = None, sample_seed: int | None = None,
-            question_types: Sequence[str] | None = None, res: int = 224,
-            image_format: str = "png", examples_per_shard: int = 1024,
-            overwrite: bool = False, workers: int | None = None, verbose: bool = True) -> dict:
+def prepare(
+    source: str,
+    input: str,
+    split: str,
+    out: str,
+    *,
+    limit: int | None = None,  # noqa: A002
+    fraction: float | None = None,
+    sample_seed: int | None = None,
+    question_types: Sequence[str] | None = None,
+    res: int = 224,
+    image_format: str = "png",
+    examples_per_shard: int = 1024,
+    overwrite: bool = False,
+    workers: int | None = None,
+    verbose: bool = True,
+) -> dict:
     """Builds (or reuses) the cache of one selected split.
 
     Args:
@@ -129,14 +142,28 @@ def prepare(source: str, input: str, split: str, out: str, *, limit: int | None 
         raise ValueError(f"image_format must be 'png' or 'raw', got {image_format!r}")
     say = print if verbose else (lambda *a, **k: None)
     options = {
-        "format_version": FORMAT_VERSION, "source": source, "input": os.path.abspath(input),
-        "split": split, "limit": limit, "fraction": fraction, "sample_seed": sample_seed,
-        "question_types": sorted(question_types) if question_types else None, "res": res,
-        "image_format": image_format, "examples_per_shard": examples_per_shard,
+        "format_version": FORMAT_VERSION,
+        "source": source,
+        "input": os.path.abspath(input),
+        "split": split,
+        "limit": limit,
+        "fraction": fraction,
+        "sample_seed": sample_seed,
+        "question_types": sorted(question_types) if question_types else None,
+        "res": res,
+        "image_format": image_format,
+        "examples_per_shard": examples_per_shard,
     }
     t0 = time.time()
-    reader = core.get(SOURCES[source], path=input, split=split, limit=limit, fraction=fraction,
-                      sample_seed=sample_seed, question_types=question_types)
+    reader = core.get(
+        SOURCES[source],
+        path=input,
+        split=split,
+        limit=limit,
+        fraction=fraction,
+        sample_seed=sample_seed,
+        question_types=question_types,
+    )
     options["input_files"] = _fingerprint(reader)
 
     manifest_path = os.path.join(out, MANIFEST)
@@ -150,11 +177,14 @@ def prepare(source: str, input: str, split: str, out: str, *, limit: int | None 
             raise CacheMismatchError(
                 f"{out} holds a cache made with other options ({_diff(old['options'], options)}). "
                 "Refusing to mix them: pass --overwrite (overwrite=True) to rebuild it, or "
-                "choose another --out.")
+                "choose another --out."
+            )
         say(f"Overwriting cache {out} (options differ: {_diff(old['options'], options)}).")
     elif os.path.isdir(out) and os.listdir(out) and not overwrite:
-        raise CacheMismatchError(f"{out} exists, is not empty and holds no {MANIFEST}: refusing "
-                                 "to write into it. Pass --overwrite or choose another --out.")
+        raise CacheMismatchError(
+            f"{out} exists, is not empty and holds no {MANIFEST}: refusing "
+            "to write into it. Pass --overwrite or choose another --out."
+        )
 
     # Write next to the target and rename at the end: an interrupted run leaves no manifest.
     tmp = out.rstrip("/") + ".partial"
@@ -163,9 +193,13 @@ def prepare(source: str, input: str, split: str, out: str, *, limit: int | None 
     counts = _write_shards(reader, tmp, res, image_format, examples_per_shard, workers, verbose)
     manifest = {
         "options": options,
-        "counts": {"read": reader.num_read, "selected": reader.num_examples,
-                   "kept": counts["kept"], "skipped": reader.skips.total,
-                   "pages_decoded": counts["pages"]},
+        "counts": {
+            "read": reader.num_read,
+            "selected": reader.num_examples,
+            "kept": counts["kept"],
+            "skipped": reader.skips.total,
+            "pages_decoded": counts["pages"],
+        },
         "skipped": reader.skips.as_dict(),
         "shards": counts["shards"],
         "seconds": round(time.time() - t0, 2),
@@ -176,15 +210,26 @@ def prepare(source: str, input: str, split: str, out: str, *, limit: int | None 
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
     c = manifest["counts"]
-    say(f"read {c['read']}, kept {c['kept']}, skipped {c['skipped']}"
-        + "".join(f"\n  {r}: {d['count']} (first: {', '.join(d['first'])})"
-                  for r, d in manifest["skipped"].items())
-        + f"\npages decoded {c['pages_decoded']}; wrote {out} in {manifest['seconds']} s")
+    say(
+        f"read {c['read']}, kept {c['kept']}, skipped {c['skipped']}"
+        + "".join(
+            f"\n  {r}: {d['count']} (first: {', '.join(d['first'])})"
+            for r, d in manifest["skipped"].items()
+        )
+        + f"\npages decoded {c['pages_decoded']}; wrote {out} in {manifest['seconds']} s"
+    )
     return manifest
 
 
-def _write_shards(reader, out: str, res: int, image_format: str, per_shard: int,
-                  workers: int | None, verbose: bool) -> dict:
+def _write_shards(
+    reader,
+    out: str,
+    res: int,
+    image_format: str,
+    per_shard: int,
+    workers: int | None,
+    verbose: bool,
+) -> dict:
     """Decodes each page once (threads), writes questions to shards; returns counts."""
     import tensorflow as tf
     from tqdm import tqdm
@@ -255,31 +300,57 @@ def _safe_resize(data: bytes, res: int, image_format: str) -> bytes | None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m pg_jax.prepare_data",
-        description="Prepare a DocVQA subset once into a TFRecord cache (see module docstring).")
-    p.add_argument("--source", required=True, choices=sorted(SOURCES),
-                   help="hf-parquet: HuggingFaceM4/DocumentVQA shards; docvqa-json: original release")
+        description="Prepare a DocVQA subset once into a TFRecord cache (see module docstring).",
+    )
+    p.add_argument(
+        "--source",
+        required=True,
+        choices=sorted(SOURCES),
+        help="hf-parquet: HuggingFaceM4/DocumentVQA shards; docvqa-json: original release",
+    )
     p.add_argument("--input", required=True, help="data directory (or one .parquet / .json file)")
     p.add_argument("--split", required=True, help="train, validation (val) or test")
     p.add_argument("--out", required=True, help="cache directory to write")
     p.add_argument("--limit", type=int, default=None, help="keep at most N questions")
     p.add_argument("--fraction", type=float, default=None, help="keep this fraction (0, 1]")
-    p.add_argument("--sample_seed", type=int, default=None,
-                   help="seeded random subset (default: the first ones in file order)")
-    p.add_argument("--question_types", default=None,
-                   help="comma-separated question types to keep, e.g. 'form,table/list'")
+    p.add_argument(
+        "--sample_seed",
+        type=int,
+        default=None,
+        help="seeded random subset (default: the first ones in file order)",
+    )
+    p.add_argument(
+        "--question_types",
+        default=None,
+        help="comma-separated question types to keep, e.g. 'form,table/list'",
+    )
     p.add_argument("--res", type=int, default=224, help="square side: 224, 448 or 896")
     p.add_argument("--image_format", default="png", choices=["png", "raw"])
     p.add_argument("--examples_per_shard", type=int, default=1024)
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing cache that was made with other options")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing cache that was made with other options",
+    )
     p.add_argument("--workers", type=int, default=None)
     a = p.parse_args(argv)
     qt = [t.strip() for t in a.question_types.split(",")] if a.question_types else None
     try:
-        prepare(a.source, a.input, a.split, a.out, limit=a.limit, fraction=a.fraction,
-                sample_seed=a.sample_seed, question_types=qt, res=a.res,
-                image_format=a.image_format, examples_per_shard=a.examples_per_shard,
-                overwrite=a.overwrite, workers=a.workers)
+        prepare(
+            a.source,
+            a.input,
+            a.split,
+            a.out,
+            limit=a.limit,
+            fraction=a.fraction,
+            sample_seed=a.sample_seed,
+            question_types=qt,
+            res=a.res,
+            image_format=a.image_format,
+            examples_per_shard=a.examples_per_shard,
+            overwrite=a.overwrite,
+            workers=a.workers,
+        )
     except (CacheMismatchError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

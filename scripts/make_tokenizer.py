@@ -58,8 +58,14 @@ def train(out: str) -> int:
         model_writer=model,
         model_type="bpe",
         vocab_size=NUM_TEXT_PIECES + 4 + 1 + 256,
-        pad_id=0, eos_id=1, bos_id=2, unk_id=3,
-        pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>", unk_piece="<unk>",
+        pad_id=0,
+        eos_id=1,
+        bos_id=2,
+        unk_id=3,
+        pad_piece="<pad>",
+        eos_piece="<eos>",
+        bos_piece="<bos>",
+        unk_piece="<unk>",
         user_defined_symbols=["\n"],
         byte_fallback=True,
         split_digits=True,  # As Gemma: numbers tokenize digit by digit.
@@ -76,7 +82,9 @@ def train(out: str) -> int:
     proto.ParseFromString(model.getvalue())
     # User-defined symbols given to the trainer land right after the specials; PaliGemma has
     # them at the end, so they are appended to the trained model instead.
-    for name in [f"<loc{i:04d}>" for i in range(NUM_LOC)] + [f"<seg{i:03d}>" for i in range(NUM_SEG)]:
+    for name in [f"<loc{i:04d}>" for i in range(NUM_LOC)] + [
+        f"<seg{i:03d}>" for i in range(NUM_SEG)
+    ]:
         piece = proto.pieces.add()
         piece.piece = name
         piece.score = 0.0
@@ -90,7 +98,9 @@ def train(out: str) -> int:
 def main() -> None:
     root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", default=os.path.join(root, "pg_jax/assets/pg_jax_small_tokenizer.model"))
+    p.add_argument(
+        "--out", default=os.path.join(root, "pg_jax/assets/pg_jax_small_tokenizer.model")
+    )
     a = p.parse_args()
     n = train(a.out)
     print(f"wrote {a.out}: {n} pieces")

@@ -23,19 +23,52 @@ def png_bytes(h=40, w=30, value=128, mode="RGB") -> bytes:
 
 # Five records: good, good (same page), corrupt image, no answers, empty question.
 RECORDS = [
-    dict(questionId=10, question="What is the total?", answers=["$12", "12"], docId=1,
-         question_types=["form"], page="a_1.png"),
-    dict(questionId=11, question="What is the date?", answers=["May 1"], docId=1,
-         question_types=["layout"], page="a_1.png"),
-    dict(questionId=12, question="Corrupt page?", answers=["x"], docId=2,
-         question_types=["form"], page="bad_1.png"),
-    dict(questionId=13, question="No answers?", answers=[], docId=3,
-         question_types=["form"], page="c_1.png"),
-    dict(questionId=14, question="  ", answers=["y"], docId=3, question_types=["form"],
-         page="c_1.png"),
+    dict(
+        questionId=10,
+        question="What is the total?",
+        answers=["$12", "12"],
+        docId=1,
+        question_types=["form"],
+        page="a_1.png",
+    ),
+    dict(
+        questionId=11,
+        question="What is the date?",
+        answers=["May 1"],
+        docId=1,
+        question_types=["layout"],
+        page="a_1.png",
+    ),
+    dict(
+        questionId=12,
+        question="Corrupt page?",
+        answers=["x"],
+        docId=2,
+        question_types=["form"],
+        page="bad_1.png",
+    ),
+    dict(
+        questionId=13,
+        question="No answers?",
+        answers=[],
+        docId=3,
+        question_types=["form"],
+        page="c_1.png",
+    ),
+    dict(
+        questionId=14,
+        question="  ",
+        answers=["y"],
+        docId=3,
+        question_types=["form"],
+        page="c_1.png",
+    ),
 ]
-PAGES = {"a_1.png": png_bytes(value=10), "bad_1.png": b"\x89PNG not really",
-         "c_1.png": png_bytes(value=200, mode="L")}
+PAGES = {
+    "a_1.png": png_bytes(value=10),
+    "bad_1.png": b"\x89PNG not really",
+    "c_1.png": png_bytes(value=200, mode="L"),
+}
 
 
 @pytest.fixture(scope="session")
@@ -48,16 +81,18 @@ def tiny_hf(tmp_path_factory) -> str:
     d.mkdir()
 
     def table(recs, with_answers=True):
-        return pa.table({
-            "questionId": [r["questionId"] for r in recs],
-            "question": [r["question"] for r in recs],
-            "question_types": [r["question_types"] for r in recs],
-            "image": [{"bytes": PAGES[r["page"]], "path": r["page"]} for r in recs],
-            "docId": [r["docId"] for r in recs],
-            "ucsf_document_id": [r["page"][:1] for r in recs],
-            "ucsf_document_page_no": ["1" for _ in recs],
-            "answers": [r["answers"] if with_answers else [] for r in recs],
-        })
+        return pa.table(
+            {
+                "questionId": [r["questionId"] for r in recs],
+                "question": [r["question"] for r in recs],
+                "question_types": [r["question_types"] for r in recs],
+                "image": [{"bytes": PAGES[r["page"]], "path": r["page"]} for r in recs],
+                "docId": [r["docId"] for r in recs],
+                "ucsf_document_id": [r["page"][:1] for r in recs],
+                "ucsf_document_page_no": ["1" for _ in recs],
+                "answers": [r["answers"] if with_answers else [] for r in recs],
+            }
+        )
 
     pq.write_table(table(RECORDS), d / "train-00000-of-00001.parquet", row_group_size=2)
     pq.write_table(table(RECORDS[:2], False), d / "test-00000-of-00001.parquet")
@@ -76,10 +111,16 @@ def tiny_json(tmp_path_factory) -> str:
                 (docs / name).write_bytes(data)
         recs = []
         for r in RECORDS:
-            rec = {"questionId": r["questionId"], "question": r["question"],
-                   "question_types": r["question_types"], "image": f"documents/{r['page']}",
-                   "docId": r["docId"], "ucsf_document_id": r["page"][:1],
-                   "ucsf_document_page_no": "1", "data_split": split}
+            rec = {
+                "questionId": r["questionId"],
+                "question": r["question"],
+                "question_types": r["question_types"],
+                "image": f"documents/{r['page']}",
+                "docId": r["docId"],
+                "ucsf_document_id": r["page"][:1],
+                "ucsf_document_page_no": "1",
+                "data_split": split,
+            }
             if split != "test":
                 rec["answers"] = r["answers"]
             recs.append(rec)

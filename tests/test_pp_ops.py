@@ -3,19 +3,20 @@
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import png_bytes
 
 from pg_jax.data import input_pipeline
 from pg_jax.pp import builder
 from pg_jax.pp.registry import Registry, parse_name
 from pg_jax.pp.tokenizer import Tokenizer
 
-from conftest import png_bytes
-
 
 def run_both(pp: str, example: dict) -> tuple[dict, dict]:
     """Applies the op string eagerly and inside a tf.data map; returns both outputs as numpy."""
     fn = builder.get_preprocess_fn(pp)
-    eager = {k: np.asarray(v) for k, v in fn({k: tf.constant(v) for k, v in example.items()}).items()}
+    eager = {
+        k: np.asarray(v) for k, v in fn({k: tf.constant(v) for k, v in example.items()}).items()
+    }
     ds = tf.data.Dataset.from_tensors(example).map(fn)
     graph = next(ds.as_numpy_iterator())
     for k in eager:
@@ -39,8 +40,10 @@ def test_general_ops():
     np.testing.assert_array_equal(out["b"], [1, 2])
     out, _ = run_both("keep('a')", {"a": 1, "b": 2})
     assert list(out) == ["a"]
-    out, _ = run_both("tolen(4, key='a')|tolen(2, key='b', pad_value=7)|tolen(3, key='s', "
-                      "pad_value='')", {"a": [1, 2], "b": [1, 2, 3], "s": ["x"]})
+    out, _ = run_both(
+        "tolen(4, key='a')|tolen(2, key='b', pad_value=7)|tolen(3, key='s', pad_value='')",
+        {"a": [1, 2], "b": [1, 2, 3], "s": ["x"]},
+    )
     np.testing.assert_array_equal(out["a"], [1, 2, 0, 0])
     np.testing.assert_array_equal(out["b"], [1, 2])
     assert list(out["s"]) == [b"x", b"", b""]
@@ -70,12 +73,14 @@ def test_text_ops():
     tok = Tokenizer()
     out, _ = run_both("prompt('answer en {question}')", {"question": "Total?\nnow"})
     assert out["prefix"] == b"answer en Total? now"
-    out, _ = run_both("tok(key='q', bos='yes', eos='yes')|tok(key='sep', text='\\n')",
-                      {"q": "What is the total?"})
+    out, _ = run_both(
+        "tok(key='q', bos='yes', eos='yes')|tok(key='sep', text='\\n')", {"q": "What is the total?"}
+    )
     assert list(out["q"]) == [2] + tok.encode("What is the total?") + [1]
     assert list(out["sep"]) == [tok.newline_id]
-    out, _ = run_both("masked_concat(['a', 'b'], outkey='t', m=[0, 1], n=[1, 1])",
-                      {"a": [5, 6], "b": [7]})
+    out, _ = run_both(
+        "masked_concat(['a', 'b'], outkey='t', m=[0, 1], n=[1, 1])", {"a": [5, 6], "b": [7]}
+    )
     np.testing.assert_array_equal(out["t"], [5, 6, 7])
     np.testing.assert_array_equal(out["m"], [0, 0, 1])
     np.testing.assert_array_equal(out["n"], [1, 1, 1])
@@ -112,8 +117,12 @@ def test_full_train_example_layout():
     """[bos] question "\\n" answer [eos] pad..., checked position by position (REFERENCE.md 2)."""
     tok = Tokenizer()
     q, a = tok.encode("What is the total?"), tok.encode("$12")
-    ex = {"image": png_bytes(8, 8), "question": "What is the total?", "answers": ["$12"],
-          "_seed": np.array([0, 0], np.int64)}
+    ex = {
+        "image": png_bytes(8, 8),
+        "question": "What is the total?",
+        "answers": ["$12"],
+        "_seed": np.array([0, 0], np.int64),
+    }
     out, _ = run_both(input_pipeline.pp_train(res=4, text_len=16), ex)
     n_p, n_s = 1 + len(q) + 1, len(a) + 1
     want = [2] + q + [tok.newline_id] + a + [1] + [0] * (17 - n_p - n_s)
@@ -127,8 +136,12 @@ def test_full_train_example_layout():
 def test_eval_example_layout_and_truncation():
     tok = Tokenizer()
     q = tok.encode("What is the total?")
-    ex = {"image": png_bytes(8, 8), "question": "What is the total?", "answers": ["$12", "12"],
-          "question_id": 7}
+    ex = {
+        "image": png_bytes(8, 8),
+        "question": "What is the total?",
+        "answers": ["$12", "12"],
+        "question_id": 7,
+    }
     out, _ = run_both(input_pipeline.pp_eval(res=4, text_len=12, max_answers=3), ex)
     n_p = len(q) + 2
     np.testing.assert_array_equal(out["text"], [2] + q + [tok.newline_id] + [0] * (12 - n_p))
@@ -140,5 +153,5 @@ def test_eval_example_layout_and_truncation():
     out, _ = run_both(input_pipeline.pp_train(res=4, text_len=16), ex)
     assert out["truncated"] == 1 and out["text"][0] == 2
     a = tok.encode("12") + [1]
-    assert list(out["text"][-len(a):]) == a  # The sequence is full: the answer ends it.
+    assert list(out["text"][-len(a) :]) == a  # The sequence is full: the answer ends it.
     assert out["mask_loss"].sum() == len(a) and list(out["text"][:3]) == [2] + tok.encode("total")

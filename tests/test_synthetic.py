@@ -35,8 +35,12 @@ def test_spellings_and_formats_agree(synth):
     test = core.get("docvqa_hf", path=f"{synth}/hf", split="test")
     assert test.num_examples > 0 and all(not e.answers for e in test._selected)
     hard = synthetic.make_page(0, "train", 1, "hard")[1]
-    money = [qa for i in range(20) for qa in synthetic.make_page(0, "train", i, "hard")[1].qas
-             if qa.answers[0].startswith("$")]
+    money = [
+        qa
+        for i in range(20)
+        for qa in synthetic.make_page(0, "train", i, "hard")[1].qas
+        if qa.answers[0].startswith("$")
+    ]
     assert money and all(len(qa.answers) == 3 for qa in money) and hard.qas
 
 

@@ -28,6 +28,11 @@ def test_no_tensorflow_import():
     import subprocess
 
     code = "import sys, pg_jax.pp.tokenizer as t; t.Tokenizer(); print('tensorflow' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=__file__.rsplit("/tests/", 1)[0], check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=__file__.rsplit("/tests/", 1)[0],
+        check=True,
+    )
     assert out.stdout.strip() == "False"

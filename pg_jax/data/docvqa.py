@@ -5,7 +5,8 @@ Getting the data:
     gives `D/data/{train,validation,test}-*.parquet` (about 60 GB in all). Pass `path=D`.
   - Original release (rrc.cvc.uab.es, DocVQA Task 1): unpack so that `D/train/train_v1.0.json`
     and `D/train/documents/*.png` exist (likewise `val`, `test`). Pass `path=D`.
-  - Neither: `pg_jax.data.synthetic.ensure_synthetic()` writes a small synthetic set in both layouts.
+  - Neither: `pg_jax.data.synthetic.ensure_synthetic()` writes a small synthetic set in both
+    layouts.
 Then prepare a subset once: `python -m pg_jax.prepare_data --source hf-parquet --input D
 --split train --limit 2000 --res 448 --out /tmp/docvqa_448` and train from that cache.
 
@@ -32,8 +33,16 @@ from collections.abc import Iterator, Sequence
 
 from pg_jax.pp.registry import Registry
 
-HF_COLUMNS = ("questionId", "question", "question_types", "image", "docId", "ucsf_document_id",
-              "ucsf_document_page_no", "answers")
+HF_COLUMNS = (
+    "questionId",
+    "question",
+    "question_types",
+    "image",
+    "docId",
+    "ucsf_document_id",
+    "ucsf_document_page_no",
+    "answers",
+)
 JSON_KEYS = ("questionId", "question", "image", "docId")
 _META_COLUMNS = [c for c in HF_COLUMNS if c != "image"]
 _FIRST_NAMED = 5  # Skipped records named per reason (ids), enough to find the culprit.
@@ -95,7 +104,9 @@ def _check_text(rec: dict, split: str, skips: Skips) -> bool:
     return True
 
 
-def _select(n: int, limit: int | None, fraction: float | None, sample_seed: int | None) -> list[int]:
+def _select(
+    n: int, limit: int | None, fraction: float | None, sample_seed: int | None
+) -> list[int]:
     """Indices of the selected records among n candidates, in file order."""
     k = n
     if fraction is not None:
@@ -124,8 +135,14 @@ class _Reader:
     def num_examples_for(self, shard_index: int, shard_count: int) -> int:
         return len(range(shard_index, self.num_examples, shard_count))
 
-    def _finish_selection(self, candidates: list[Example], limit, fraction, sample_seed,
-                          question_types: Sequence[str] | None) -> list[Example]:
+    def _finish_selection(
+        self,
+        candidates: list[Example],
+        limit,
+        fraction,
+        sample_seed,
+        question_types: Sequence[str] | None,
+    ) -> list[Example]:
         if question_types:
             wanted = set(question_types)
             candidates = [e for e in candidates if wanted & set(e.question_types)]
@@ -146,14 +163,23 @@ class _Reader:
                 if not image_ok(ex.image):
                     self.skips.add("undecodable_image", f"questionId={ex.question_id}")
                     continue
-                yield {"question_id": ex.question_id, "question": ex.question,
-                       "answers": ex.answers, "question_types": ex.question_types,
-                       "doc_id": ex.doc_id, "image": ex.image}
+                yield {
+                    "question_id": ex.question_id,
+                    "question": ex.question,
+                    "answers": ex.answers,
+                    "question_types": ex.question_types,
+                    "doc_id": ex.doc_id,
+                    "image": ex.image,
+                }
 
-        sig = {"question_id": tf.TensorSpec([], tf.int64), "question": tf.TensorSpec([], tf.string),
-               "answers": tf.TensorSpec([None], tf.string),
-               "question_types": tf.TensorSpec([None], tf.string),
-               "doc_id": tf.TensorSpec([], tf.int64), "image": tf.TensorSpec([], tf.string)}
+        sig = {
+            "question_id": tf.TensorSpec([], tf.int64),
+            "question": tf.TensorSpec([], tf.string),
+            "answers": tf.TensorSpec([None], tf.string),
+            "question_types": tf.TensorSpec([None], tf.string),
+            "doc_id": tf.TensorSpec([], tf.int64),
+            "image": tf.TensorSpec([], tf.string),
+        }
         return tf.data.Dataset.from_generator(gen, output_signature=sig)
 
 
@@ -161,9 +187,16 @@ class _Reader:
 class HFParquetDocVQA(_Reader):
     """HuggingFaceM4/DocumentVQA parquet shards of one split."""
 
-    def __init__(self, path: str, split: str = "train", *, limit: int | None = None,
-                 fraction: float | None = None, sample_seed: int | None = None,
-                 question_types: Sequence[str] | None = None):
+    def __init__(
+        self,
+        path: str,
+        split: str = "train",
+        *,
+        limit: int | None = None,
+        fraction: float | None = None,
+        sample_seed: int | None = None,
+        question_types: Sequence[str] | None = None,
+    ):
         """Reads the metadata of the split and selects records.
 
         Args:
@@ -181,8 +214,10 @@ class HFParquetDocVQA(_Reader):
             pf = pq.ParquetFile(f)
             missing = [c for c in HF_COLUMNS if c not in pf.schema_arrow.names]
             if missing:
-                raise ValueError(f"{f} is not HuggingFaceM4/DocumentVQA parquet: missing columns "
-                                 f"{missing} (has {pf.schema_arrow.names}).")
+                raise ValueError(
+                    f"{f} is not HuggingFaceM4/DocumentVQA parquet: missing columns "
+                    f"{missing} (has {pf.schema_arrow.names})."
+                )
             row = 0
             for batch in pf.iter_batches(columns=_META_COLUMNS, batch_size=4096):
                 for rec in batch.to_pylist():
@@ -192,8 +227,9 @@ class HFParquetDocVQA(_Reader):
                         candidates.append(ex)
                         self._where[ex.question_id] = (f, row)
                     row += 1
-        self._selected = self._finish_selection(candidates, limit, fraction, sample_seed,
-                                                question_types)
+        self._selected = self._finish_selection(
+            candidates, limit, fraction, sample_seed, question_types
+        )
 
     def iter_examples(self) -> Iterator[Example]:
         """Yields the selected examples in file order with their page bytes loaded."""
@@ -231,9 +267,16 @@ class HFParquetDocVQA(_Reader):
 class JsonDocVQA(_Reader):
     """The original DocVQA release: `{split}/{split}_v1.0[_withQT].json` + `documents/`."""
 
-    def __init__(self, path: str, split: str = "train", *, limit: int | None = None,
-                 fraction: float | None = None, sample_seed: int | None = None,
-                 question_types: Sequence[str] | None = None):
+    def __init__(
+        self,
+        path: str,
+        split: str = "train",
+        *,
+        limit: int | None = None,
+        fraction: float | None = None,
+        sample_seed: int | None = None,
+        question_types: Sequence[str] | None = None,
+    ):
         """Reads the split's JSON and selects records.
 
         Args:
@@ -250,20 +293,23 @@ class JsonDocVQA(_Reader):
             except json.JSONDecodeError as e:
                 raise ValueError(f"{self.json_path} is not DocVQA JSON: {e}") from e
         if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
-            raise ValueError(f"{self.json_path} is not DocVQA JSON: missing top-level key 'data' "
-                             "(a list of question records).")
+            raise ValueError(
+                f"{self.json_path} is not DocVQA JSON: missing top-level key 'data' "
+                "(a list of question records)."
+            )
         self.skips, self.num_read = Skips(), 0
         candidates = []
         for rec in doc["data"]:
             missing = [k for k in JSON_KEYS if k not in rec] if isinstance(rec, dict) else JSON_KEYS
             if missing:
-                raise ValueError(f"{self.json_path} is not DocVQA JSON: a record lacks keys "
-                                 f"{list(missing)}: {str(rec)[:200]}")
+                raise ValueError(
+                    f"{self.json_path} is not DocVQA JSON: a record lacks keys "
+                    f"{list(missing)}: {str(rec)[:200]}"
+                )
             self.num_read += 1
             if _check_text(rec, "test" if self.split == "test" else "train", self.skips):
                 candidates.append(_example(rec, rec["image"]))
-        selected = self._finish_selection(candidates, limit, fraction, sample_seed,
-                                          question_types)
+        selected = self._finish_selection(candidates, limit, fraction, sample_seed, question_types)
         # Group questions of one page together (stable): pages are then decoded once, in a row.
         self._selected = sorted(selected, key=lambda e: e.image_key)
 

@@ -24,8 +24,9 @@ from pg_jax.data.core import DataSource
 from pg_jax.pp import builder
 
 
-def pp_train(res: int = 224, text_len: int = 32, prompt: str = "{question}",
-             tokenizer: str | None = None) -> str:
+def pp_train(
+    res: int = 224, text_len: int = 32, prompt: str = "{question}", tokenizer: str | None = None
+) -> str:
     """The DocVQA training op string (REFERENCE.md section 2).
 
     Args:
@@ -39,37 +40,47 @@ def pp_train(res: int = 224, text_len: int = 32, prompt: str = "{question}",
     """
     n = text_len + 1
     model = f", model={tokenizer!r}" if tokenizer else ""
-    return "|".join([
-        f"decode|resize({res})|value_range(-1, 1)",
-        f"prompt({prompt!r})|choice(inkey='answers', outkey='suffix')",
-        f"tok(key='prefix', bos='yes'{model})|tok(key='septok', text='\\n'{model})",
-        f"tok(key='suffix', eos='yes'{model})|fit({n})",
-        "masked_concat(['prefix', 'septok', 'suffix'], mask_ar=[0, 0, 1], mask_loss=[0, 0, 1],"
-        " mask_input=[1, 1, 1])",
-        f"tolen({n}, pad_value=0, key='text')|tolen({n}, pad_value=1, key='mask_ar')",
-        f"tolen({n}, pad_value=0, key='mask_loss')|tolen({n}, pad_value=0, key='mask_input')",
-        "keep('image', 'text', 'mask_ar', 'mask_loss', 'mask_input', 'truncated')",
-    ])
+    return "|".join(
+        [
+            f"decode|resize({res})|value_range(-1, 1)",
+            f"prompt({prompt!r})|choice(inkey='answers', outkey='suffix')",
+            f"tok(key='prefix', bos='yes'{model})|tok(key='septok', text='\\n'{model})",
+            f"tok(key='suffix', eos='yes'{model})|fit({n})",
+            "masked_concat(['prefix', 'septok', 'suffix'], mask_ar=[0, 0, 1], mask_loss=[0, 0, 1],"
+            " mask_input=[1, 1, 1])",
+            f"tolen({n}, pad_value=0, key='text')|tolen({n}, pad_value=1, key='mask_ar')",
+            f"tolen({n}, pad_value=0, key='mask_loss')|tolen({n}, pad_value=0, key='mask_input')",
+            "keep('image', 'text', 'mask_ar', 'mask_loss', 'mask_input', 'truncated')",
+        ]
+    )
 
 
-def pp_eval(res: int = 224, text_len: int = 32, prompt: str = "{question}",
-            tokenizer: str | None = None, max_answers: int = 16) -> str:
+def pp_eval(
+    res: int = 224,
+    text_len: int = 32,
+    prompt: str = "{question}",
+    tokenizer: str | None = None,
+    max_answers: int = 16,
+) -> str:
     """The DocVQA eval op string: `[bos] question "\\n"` then padding; answers kept as strings.
 
     Answers are padded with "" to `max_answers` so they batch (the evaluator ignores "").
     """
     model = f", model={tokenizer!r}" if tokenizer else ""
-    return "|".join([
-        f"decode|resize({res})|value_range(-1, 1)",
-        f"prompt({prompt!r})",
-        f"tok(key='prefix', bos='yes'{model})|tok(key='septok', text='\\n'{model})",
-        f"fit({text_len}, suffix=None, min_prefix=1)",
-        "masked_concat(['prefix', 'septok'], mask_ar=[0, 0], mask_input=[1, 1])",
-        f"tolen({text_len}, pad_value=0, key='text')|tolen({text_len}, pad_value=1, key='mask_ar')",
-        f"tolen({text_len}, pad_value=0, key='mask_input')",
-        f"tolen({max_answers}, pad_value='', key='answers')",
-        "keep('image', 'text', 'mask_ar', 'mask_input', 'answers', 'question_id', 'truncated')",
-    ])
+    return "|".join(
+        [
+            f"decode|resize({res})|value_range(-1, 1)",
+            f"prompt({prompt!r})",
+            f"tok(key='prefix', bos='yes'{model})|tok(key='septok', text='\\n'{model})",
+            f"fit({text_len}, suffix=None, min_prefix=1)",
+            "masked_concat(['prefix', 'septok'], mask_ar=[0, 0], mask_input=[1, 1])",
+            f"tolen({text_len}, pad_value=0, key='text')",
+            f"tolen({text_len}, pad_value=1, key='mask_ar')",
+            f"tolen({text_len}, pad_value=0, key='mask_input')",
+            f"tolen({max_answers}, pad_value='', key='answers')",
+            "keep('image', 'text', 'mask_ar', 'mask_input', 'answers', 'question_id', 'truncated')",
+        ]
+    )
 
 
 @dataclasses.dataclass
@@ -94,10 +105,18 @@ class DataIterator:
         return {"examples": self.examples, "seed": self.seed, "batch_size": self.batch_size}
 
 
-def make_dataset(source: DataSource, pp_fn: Callable | str, *, batch_size: int, seed: int = 0,
-                 shuffle_buffer: int = 1000, start_example: int = 0,
-                 process_index: int | None = None, process_count: int | None = None,
-                 prefetch: int = 2) -> tf.data.Dataset:
+def make_dataset(
+    source: DataSource,
+    pp_fn: Callable | str,
+    *,
+    batch_size: int,
+    seed: int = 0,
+    shuffle_buffer: int = 1000,
+    start_example: int = 0,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    prefetch: int = 2,
+) -> tf.data.Dataset:
     """The infinite, shuffled, preprocessed, batched training dataset of this host.
 
     Args:
@@ -119,8 +138,9 @@ def make_dataset(source: DataSource, pp_fn: Callable | str, *, batch_size: int, 
     base = source.get_tfdata(shard_index=index, shard_count=count).enumerate()
     n = source.num_examples_for(index, count)
     if n == 0:
-        raise ValueError(f"Host {index}/{count} has no examples (the source holds "
-                         f"{source.num_examples}).")
+        raise ValueError(
+            f"Host {index}/{count} has no examples (the source holds {source.num_examples})."
+        )
     seed64 = tf.constant(seed, tf.int64)
     # Distinct per-host random streams: hosts hold different examples under the same indices.
     host_seed = seed64 * 1_000_003 + index
@@ -129,7 +149,13 @@ def make_dataset(source: DataSource, pp_fn: Callable | str, *, batch_size: int, 
         d = base
         if shuffle_buffer > 1:
             d = d.shuffle(shuffle_buffer, seed=host_seed * 7919 + e, reshuffle_each_iteration=False)
-        return d.map(lambda i, ex: {**ex, "_seed": tf.stack([host_seed, e * n + i])})
+
+        # A named function, not a lambda: autograph cannot parse lambdas nested in flat_map.
+        @tf.autograph.experimental.do_not_convert
+        def add_seed(i, ex):
+            return {**ex, "_seed": tf.stack([host_seed, e * n + i])}
+
+        return d.map(add_seed)
 
     ds = tf.data.Dataset.counter(start=start_example // n).flat_map(epoch)
     ds = ds.skip(start_example % n)
@@ -138,8 +164,15 @@ def make_dataset(source: DataSource, pp_fn: Callable | str, *, batch_size: int, 
     return ds.prefetch(prefetch)
 
 
-def make_iterator(source: DataSource, pp_fn: Callable | str, *, batch_size: int, seed: int = 0,
-                  state: dict | None = None, **kw) -> DataIterator:
+def make_iterator(
+    source: DataSource,
+    pp_fn: Callable | str,
+    *,
+    batch_size: int,
+    seed: int = 0,
+    state: dict | None = None,
+    **kw,
+) -> DataIterator:
     """A numpy iterator over `make_dataset(...)`, optionally resumed from `state`.
 
     Args:
@@ -152,16 +185,23 @@ def make_iterator(source: DataSource, pp_fn: Callable | str, *, batch_size: int,
     start = 0
     if state is not None:
         if (state["seed"], state["batch_size"]) != (seed, batch_size):
-            raise ValueError(f"Iterator state {state} was saved with another seed or batch size "
-                             f"(now seed={seed}, batch_size={batch_size}).")
+            raise ValueError(
+                f"Iterator state {state} was saved with another seed or batch size "
+                f"(now seed={seed}, batch_size={batch_size})."
+            )
         start = state["examples"]
     ds = make_dataset(source, pp_fn, batch_size=batch_size, seed=seed, start_example=start, **kw)
     return DataIterator(ds.as_numpy_iterator(), batch_size, seed, start)
 
 
-def eval_batches(source: DataSource, pp_fn: Callable | str, *, batch_size: int,
-                 process_index: int | None = None, process_count: int | None = None
-                 ) -> Iterator[dict[str, np.ndarray]]:
+def eval_batches(
+    source: DataSource,
+    pp_fn: Callable | str,
+    *,
+    batch_size: int,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
     """One pass over this host's examples in order; the last batch is padded to `batch_size`.
 
     Every batch has `_mask` (bool[B]): False marks padding rows, which evaluators must ignore.
@@ -175,8 +215,10 @@ def eval_batches(source: DataSource, pp_fn: Callable | str, *, batch_size: int,
         b = len(next(iter(batch.values())))
         mask = np.arange(batch_size) < b
         if b < batch_size:  # Fixed shapes for jit: pad by repeating row 0, masked out.
-            batch = {k: np.concatenate([v, np.repeat(v[:1], batch_size - b, 0)])
-                     for k, v in batch.items()}
+            batch = {
+                k: np.concatenate([v, np.repeat(v[:1], batch_size - b, 0)])
+                for k, v in batch.items()
+            }
         yield {**batch, "_mask": mask}
 
 

@@ -29,12 +29,16 @@ class PreparedDocVQA:
           **unused: selection arguments are fixed at preparation time; passing any is an error.
         """
         if unused:
-            raise TypeError(f"docvqa_prepared takes only `path`; selection was fixed by "
-                            f"prepare_data (got {sorted(unused)}).")
+            raise TypeError(
+                f"docvqa_prepared takes only `path`; selection was fixed by "
+                f"prepare_data (got {sorted(unused)})."
+            )
         manifest = os.path.join(path, "manifest.json")
         if not os.path.exists(manifest):
-            raise FileNotFoundError(f"{manifest} not found: run `python -m pg_jax.prepare_data` "
-                                    "first (an interrupted run leaves no manifest).")
+            raise FileNotFoundError(
+                f"{manifest} not found: run `python -m pg_jax.prepare_data` "
+                "first (an interrupted run leaves no manifest)."
+            )
         with open(manifest) as f:
             self.manifest = json.load(f)
         self.path = path

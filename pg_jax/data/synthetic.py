@@ -41,11 +41,25 @@ _DONE = "DONE.json"  # Written last: a directory without it is an interrupted ge
 
 _ITEMS = ("pens", "paper", "boxes", "tape", "ink", "files", "chairs", "lamps")
 _NAMES = ("Smith", "Brown", "Lee", "Garcia", "Miller", "Davis", "Clark", "Lewis", "Young", "King")
-_MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August",
-           "September", "October", "November", "December")
-_FILLER = ("please find enclosed the documents requested in your letter of last week and note "
-           "that the committee will review the results at its next meeting before any further "
-           "action is taken on the proposal submitted by the research department").split()
+_MONTHS = (
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+)
+_FILLER = (
+    "please find enclosed the documents requested in your letter of last week and note "
+    "that the committee will review the results at its next meeting before any further "
+    "action is taken on the proposal submitted by the research department"
+).split()
 
 
 @dataclasses.dataclass
@@ -103,16 +117,28 @@ def _name_hard(rng: random.Random) -> list[str]:
 
 
 def _code_hard(rng: random.Random) -> list[str]:
-    return [f"{rng.choice('ABCDEFGHKMNPRSTX')}{rng.choice('ABCDEFGHKMNPRSTX')}-{rng.randint(1000, 99999)}"]
+    return [
+        "".join(rng.choice("ABCDEFGHKMNPRSTX") for _ in range(2)) + f"-{rng.randint(1000, 99999)}"
+    ]
 
 
 # Per document type: (label printed on the page, question phrasings, easy value, hard value, type).
 _FIELDS = {
     "invoice": [
-        ("Invoice No", ["What is the invoice number?", "What is the invoice no?"], _code,
-         _code_hard, "form"),
-        ("Total", ["What is the total?", "What is the total amount?"], _money_easy, _money_hard,
-         "form"),
+        (
+            "Invoice No",
+            ["What is the invoice number?", "What is the invoice no?"],
+            _code,
+            _code_hard,
+            "form",
+        ),
+        (
+            "Total",
+            ["What is the total?", "What is the total amount?"],
+            _money_easy,
+            _money_hard,
+            "form",
+        ),
         ("Qty", ["What is the quantity?"], _number, _number, "form"),
         ("Tax", ["What is the tax?"], _money_easy, _money_hard, "form"),
         ("Date", ["What is the date?"], _number, _date_hard, "form"),
@@ -126,14 +152,24 @@ _FIELDS = {
     ],
     "receipt": [
         ("Store", ["What is the store number?"], _number, _number, "layout"),
-        ("Total", ["What is the total?", "What is the total amount?"], _money_easy, _money_hard,
-         "layout"),
+        (
+            "Total",
+            ["What is the total?", "What is the total amount?"],
+            _money_easy,
+            _money_hard,
+            "layout",
+        ),
         ("Cash", ["How much cash was paid?"], _money_easy, _money_hard, "layout"),
         ("Items", ["How many items?"], _number, _number, "layout"),
     ],
     "letter": [
-        ("Ref", ["What is the reference?", "What is the ref number?"], _code, _code_hard,
-         "free_text"),
+        (
+            "Ref",
+            ["What is the reference?", "What is the ref number?"],
+            _code,
+            _code_hard,
+            "free_text",
+        ),
         ("Page", ["What is the page number?"], _number, _number, "free_text"),
         ("From", ["Who is the letter from?"], _code, _name_hard, "free_text"),
         ("Date", ["What is the date?"], _number, _date_hard, "free_text"),
@@ -148,8 +184,9 @@ def _page_spec(rng: random.Random, difficulty: str) -> PageSpec:
     doc_type = rng.choice(_DOC_TYPES)
     title = doc_type.upper()
     # Half the pages also ask for the document type: its answer varies by page too.
-    qas = [QA("What type of document is this?", [doc_type], ["layout"])] if rng.random() < 0.5 \
-        else []
+    qas = (
+        [QA("What type of document is this?", [doc_type], ["layout"])] if rng.random() < 0.5 else []
+    )
     lines: list[str] = []
     table = None
     if doc_type == "table":
@@ -174,7 +211,7 @@ def _page_spec(rng: random.Random, difficulty: str) -> PageSpec:
         # Distractor sentences: real pages are mostly text that no question asks about.
         for _ in range(rng.randint(2, 5)):
             start = rng.randint(0, len(_FILLER) - 8)
-            lines.insert(rng.randint(0, len(lines)), " ".join(_FILLER[start:start + 7]))
+            lines.insert(rng.randint(0, len(lines)), " ".join(_FILLER[start : start + 7]))
         qas = rng.sample(qas, min(len(qas), rng.randint(3, 5)))
     return PageSpec(doc_type, title, lines, qas, table)
 
@@ -233,7 +270,9 @@ def _page_seed(seed: int, split: str, index: int) -> int:
     return (seed * 1_000_003 + SPLITS.index(split)) * 10_000_019 + index
 
 
-def make_page(seed: int, split: str, index: int, difficulty: str = "easy") -> tuple[bytes, PageSpec]:
+def make_page(
+    seed: int, split: str, index: int, difficulty: str = "easy"
+) -> tuple[bytes, PageSpec]:
     """Renders one page.
 
     Args:
@@ -289,18 +328,20 @@ def _records(split: str, pages: list[tuple[bytes, PageSpec]], split_index: int) 
         doc_id = split_index * 100_000 + i
         ucsf = f"syn{split[:2]}{i:05d}"
         for j, qa in enumerate(spec.qas):
-            recs.append({
-                "questionId": doc_id * 10 + j,
-                "question": qa.question,
-                "question_types": qa.question_types,
-                "image": f"documents/{ucsf}_1.png",
-                "docId": doc_id,
-                "ucsf_document_id": ucsf,
-                "ucsf_document_page_no": "1",
-                "answers": [] if split == "test" else qa.answers,
-                "data_split": JSON_SPLIT_DIR[split],
-                "_png": png,
-            })
+            recs.append(
+                {
+                    "questionId": doc_id * 10 + j,
+                    "question": qa.question,
+                    "question_types": qa.question_types,
+                    "image": f"documents/{ucsf}_1.png",
+                    "docId": doc_id,
+                    "ucsf_document_id": ucsf,
+                    "ucsf_document_page_no": "1",
+                    "answers": [] if split == "test" else qa.answers,
+                    "data_split": JSON_SPLIT_DIR[split],
+                    "_png": png,
+                }
+            )
     return recs
 
 
@@ -322,46 +363,68 @@ def _write_docvqa_json(out: str, split: str, recs: list[dict]) -> None:
     name = JSON_SPLIT_DIR[split]
     for suffix, data in (("", plain), ("_withQT", with_qt)):
         with open(os.path.join(d, f"{name}_v1.0{suffix}.json"), "w") as f:
-            json.dump({"dataset_name": "SP-DocVQA (synthetic)", "dataset_version": "1.0",
-                       "dataset_split": name, "data": data}, f)
+            json.dump(
+                {
+                    "dataset_name": "SP-DocVQA (synthetic)",
+                    "dataset_version": "1.0",
+                    "dataset_split": name,
+                    "data": data,
+                },
+                f,
+            )
 
 
 def _write_hf_parquet(out: str, split: str, recs: list[dict], rows_per_shard: int = 2000) -> None:
     import pyarrow as pa  # Only the parquet writer needs pyarrow.
     import pyarrow.parquet as pq
 
-    schema = pa.schema([
-        ("questionId", pa.int64()),
-        ("question", pa.string()),
-        ("question_types", pa.list_(pa.string())),
-        ("image", pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
-        ("docId", pa.int64()),
-        ("ucsf_document_id", pa.string()),
-        ("ucsf_document_page_no", pa.string()),
-        ("answers", pa.list_(pa.string())),
-    ])
+    schema = pa.schema(
+        [
+            ("questionId", pa.int64()),
+            ("question", pa.string()),
+            ("question_types", pa.list_(pa.string())),
+            ("image", pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
+            ("docId", pa.int64()),
+            ("ucsf_document_id", pa.string()),
+            ("ucsf_document_page_no", pa.string()),
+            ("answers", pa.list_(pa.string())),
+        ]
+    )
     d = os.path.join(out, "hf", "data")
     os.makedirs(d, exist_ok=True)
     n_shards = max(1, -(-len(recs) // rows_per_shard))
     for s in range(n_shards):
-        chunk = recs[s * rows_per_shard:(s + 1) * rows_per_shard]
-        table = pa.table({
-            "questionId": [r["questionId"] for r in chunk],
-            "question": [r["question"] for r in chunk],
-            "question_types": [r["question_types"] for r in chunk],
-            "image": [{"bytes": r["_png"], "path": os.path.basename(r["image"])} for r in chunk],
-            "docId": [r["docId"] for r in chunk],
-            "ucsf_document_id": [r["ucsf_document_id"] for r in chunk],
-            "ucsf_document_page_no": [r["ucsf_document_page_no"] for r in chunk],
-            "answers": [r["answers"] for r in chunk],
-        }, schema=schema)
+        chunk = recs[s * rows_per_shard : (s + 1) * rows_per_shard]
+        table = pa.table(
+            {
+                "questionId": [r["questionId"] for r in chunk],
+                "question": [r["question"] for r in chunk],
+                "question_types": [r["question_types"] for r in chunk],
+                "image": [
+                    {"bytes": r["_png"], "path": os.path.basename(r["image"])} for r in chunk
+                ],
+                "docId": [r["docId"] for r in chunk],
+                "ucsf_document_id": [r["ucsf_document_id"] for r in chunk],
+                "ucsf_document_page_no": [r["ucsf_document_page_no"] for r in chunk],
+                "answers": [r["answers"] for r in chunk],
+            },
+            schema=schema,
+        )
         # Small row groups let readers stream without holding a whole shard.
-        pq.write_table(table, os.path.join(d, f"{split}-{s:05d}-of-{n_shards:05d}.parquet"),
-                       row_group_size=256)
+        pq.write_table(
+            table, os.path.join(d, f"{split}-{s:05d}-of-{n_shards:05d}.parquet"), row_group_size=256
+        )
 
 
-def generate(out: str, *, seed: int = 0, num_pages: int = 2000, fmt: str = "both",
-             difficulty: str = "easy", workers: int | None = None) -> dict:
+def generate(
+    out: str,
+    *,
+    seed: int = 0,
+    num_pages: int = 2000,
+    fmt: str = "both",
+    difficulty: str = "easy",
+    workers: int | None = None,
+) -> dict:
     """Generates the synthetic set into `out`.
 
     Args:
@@ -383,8 +446,13 @@ def generate(out: str, *, seed: int = 0, num_pages: int = 2000, fmt: str = "both
     os.makedirs(out, exist_ok=True)
     sizes = _split_sizes(num_pages)
     workers = workers or os.cpu_count() or 1
-    summary = {"seed": seed, "num_pages": num_pages, "difficulty": difficulty, "format": fmt,
-               "splits": {}}
+    summary = {
+        "seed": seed,
+        "num_pages": num_pages,
+        "difficulty": difficulty,
+        "format": fmt,
+        "splits": {},
+    }
     for split_index, split in enumerate(SPLITS):
         jobs = [(seed, split, i, difficulty) for i in range(sizes[split])]
         if workers > 1 and len(jobs) > 50:
@@ -410,8 +478,9 @@ def default_cache_dir() -> str:
     return os.path.join(root, "synthetic_docvqa")
 
 
-def ensure_synthetic(path: str | None = None, *, seed: int = 0, num_pages: int = 2000,
-                     difficulty: str = "easy") -> str:
+def ensure_synthetic(
+    path: str | None = None, *, seed: int = 0, num_pages: int = 2000, difficulty: str = "easy"
+) -> str:
     """Returns the directory of the synthetic set, generating it on first use.
 
     Args:
@@ -444,8 +513,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--difficulty", default="easy", choices=["easy", "hard"])
     p.add_argument("--workers", type=int, default=None)
     a = p.parse_args(argv)
-    summary = generate(a.out, seed=a.seed, num_pages=a.num_pages, fmt=a.format,
-                       difficulty=a.difficulty, workers=a.workers)
+    summary = generate(
+        a.out,
+        seed=a.seed,
+        num_pages=a.num_pages,
+        fmt=a.format,
+        difficulty=a.difficulty,
+        workers=a.workers,
+    )
     print(json.dumps(summary, indent=1))
 
 

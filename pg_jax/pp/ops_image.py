@@ -50,8 +50,13 @@ def get_resize(size: int | tuple[int, int], *, method: str = "bilinear", antiali
 
 @Registry.register("preprocess_ops.value_range")
 @InKeyOutKey()
-def get_value_range(vmin: float = -1.0, vmax: float = 1.0, in_min: float = 0.0,
-                    in_max: float = 255.0, clip_values: bool = False):
+def get_value_range(
+    vmin: float = -1.0,
+    vmax: float = 1.0,
+    in_min: float = 0.0,
+    in_max: float = 255.0,
+    clip_values: bool = False,
+):
     """Maps [in_min, in_max] linearly to [vmin, vmax] (float32)."""
 
     def _value_range(image: tf.Tensor) -> tf.Tensor:

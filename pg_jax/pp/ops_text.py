@@ -23,7 +23,7 @@ from pg_jax.pp.registry import Registry
 from pg_jax.pp.tokenizer import Tokenizer
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _tokenizer(model: str | None) -> Tokenizer:
     # Loaded once per process and model path; ops built from many pp strings share it.
     return Tokenizer(model)
@@ -64,8 +64,9 @@ def get_choice(inkey: str = "answers", outkey: str = "suffix", seed_key: str = "
         x = data[inkey]
         n = tf.shape(x)[0]
         seed = data.get(seed_key, tf.zeros([2], tf.int64))
-        i = tf.random.stateless_uniform([], seed=seed, minval=0, maxval=tf.maximum(n, 1),
-                                        dtype=tf.int32)
+        i = tf.random.stateless_uniform(
+            [], seed=seed, minval=0, maxval=tf.maximum(n, 1), dtype=tf.int32
+        )
         out = tf.cond(n > 0, lambda: tf.gather(x, i), lambda: tf.constant(""))
         return {**data, outkey: out}
 
@@ -73,9 +74,16 @@ def get_choice(inkey: str = "answers", outkey: str = "suffix", seed_key: str = "
 
 
 @Registry.register("preprocess_ops.tok")
-def get_tok(key: str | None = None, *, inkey: str | None = None, outkey: str | None = None,
-            text: str | None = None, bos: str | bool = "no", eos: str | bool = "no",
-            model: str | None = None) -> Op:
+def get_tok(
+    key: str | None = None,
+    *,
+    inkey: str | None = None,
+    outkey: str | None = None,
+    text: str | None = None,
+    bos: str | bool = "no",
+    eos: str | bool = "no",
+    model: str | None = None,
+) -> Op:
     """Tokenizes a string into int32 ids, optionally adding bos/eos.
 
     Args:
@@ -109,9 +117,15 @@ def get_tok(key: str | None = None, *, inkey: str | None = None, outkey: str | N
 
 
 @Registry.register("preprocess_ops.fit")
-def get_fit(length: int, *, prefix: str = "prefix", fixed: tuple[str, ...] = ("septok",),
-            suffix: str | None = "suffix", min_prefix: int | None = None,
-            outkey: str = "truncated") -> Op:
+def get_fit(
+    length: int,
+    *,
+    prefix: str = "prefix",
+    fixed: tuple[str, ...] = ("septok",),
+    suffix: str | None = "suffix",
+    min_prefix: int | None = None,
+    outkey: str = "truncated",
+) -> Op:
     """Cuts token keys so that prefix + fixed + suffix fit in `length`.
 
     The prefix loses its tail first (it keeps its head and bos), down to `min_prefix` tokens
@@ -130,7 +144,7 @@ def get_fit(length: int, *, prefix: str = "prefix", fixed: tuple[str, ...] = ("s
         cut_p = tf.minimum(over, tf.maximum(n_p - keep_min, 0))
         p = p[: n_p - cut_p]
         cut_s = tf.minimum(over - cut_p, tf.maximum(n_s - 1, 0))
-        s = tf.concat([s[: n_s - 1 - cut_s], s[n_s - 1:]], 0) if suffix else s
+        s = tf.concat([s[: n_s - 1 - cut_s], s[n_s - 1 :]], 0) if suffix else s
         out = {**data, prefix: p, outkey: tf.cast(over > 0, tf.int32)}
         if suffix:
             out[suffix] = s
@@ -153,8 +167,10 @@ def get_masked_concat(keys: list[str], outkey: str = "text", **masks: list[int])
     def _masked_concat(data: Example) -> Example:
         out = {**data, outkey: tf.concat([data[k] for k in keys], 0)}
         for name, values in masks.items():
-            parts = [tf.fill(tf.shape(data[k]), tf.constant(v, tf.int32))
-                     for k, v in zip(keys, values)]
+            parts = [
+                tf.fill(tf.shape(data[k]), tf.constant(v, tf.int32))
+                for k, v in zip(keys, values, strict=True)
+            ]
             out[name] = tf.concat(parts, 0)
         return out
 
