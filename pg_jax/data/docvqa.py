@@ -1,0 +1,359 @@
+"""DocVQA readers: HF parquet shards and the original JSON release.
+
+Getting the data:
+  - HF: `huggingface-cli download HuggingFaceM4/DocumentVQA --repo-type dataset --local-dir D`
+    gives `D/data/{train,validation,test}-*.parquet` (about 60 GB in all). Pass `path=D`.
+  - Original release (rrc.cvc.uab.es, DocVQA Task 1): unpack so that `D/train/train_v1.0.json`
+    and `D/train/documents/*.png` exist (likewise `val`, `test`). Pass `path=D`.
+  - Neither: `pg_jax.data.synthetic.ensure_synthetic()` writes a small synthetic set in both
+    layouts.
+Then prepare a subset once: `python -m pg_jax.prepare_data --source hf-parquet --input D
+--split train --limit 2000 --res 448 --out /tmp/docvqa_448` and train from that cache.
+
+Both readers select the same way: `limit` and/or `fraction` of the records that pass the checks;
+with `sample_seed` a seeded random subset (kept in file order), else the first ones; optionally only
+records with one of `question_types`. They skip and count (reason -> count, first few named):
+empty question, a non-test record without answers, a missing or undecodable image. A file that is
+not DocVQA is refused with a ValueError naming the file and the missing columns or keys.
+
+The parquet reader streams: pass 1 reads only the small columns, pass 2 reads the image column one
+row group at a time and only row groups holding selected rows.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import glob
+import io
+import json
+import os
+import random
+from collections.abc import Iterator, Sequence
+
+from pg_jax.pp.registry import Registry
+
+HF_COLUMNS = (
+    "questionId",
+    "question",
+    "question_types",
+    "image",
+    "docId",
+    "ucsf_document_id",
+    "ucsf_document_page_no",
+    "answers",
+)
+JSON_KEYS = ("questionId", "question", "image", "docId")
+_META_COLUMNS = [c for c in HF_COLUMNS if c != "image"]
+_FIRST_NAMED = 5  # Skipped records named per reason (ids), enough to find the culprit.
+
+
+@dataclasses.dataclass
+class Example:
+    """One question; `image` holds encoded page bytes once loaded."""
+
+    question_id: int
+    question: str
+    answers: list[str]
+    question_types: list[str]
+    doc_id: int
+    image_key: str  # Identifies the page: questions sharing it share one decode.
+    image: bytes | None = None
+
+
+class Skips:
+    """Skip counter: reason -> count, plus the first few record ids per reason."""
+
+    def __init__(self):
+        self.counts: collections.Counter = collections.Counter()
+        self.first: dict[str, list[str]] = collections.defaultdict(list)
+
+    def add(self, reason: str, what: str) -> None:
+        self.counts[reason] += 1
+        if len(self.first[reason]) < _FIRST_NAMED:
+            self.first[reason].append(what)
+
+    def as_dict(self) -> dict:
+        return {r: {"count": n, "first": self.first[r]} for r, n in sorted(self.counts.items())}
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+def image_ok(data: bytes) -> bool:
+    """Whether `data` parses as an image (PIL header check plus verify, without a full decode)."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.verify()
+        return True
+    except Exception:  # noqa: BLE001 - PIL raises many types for bad files; all mean "skip".
+        return False
+
+
+def _check_text(rec: dict, split: str, skips: Skips) -> bool:
+    qid = rec.get("questionId")
+    if not str(rec.get("question") or "").strip():
+        skips.add("empty_question", f"questionId={qid}")
+        return False
+    if split != "test" and not [a for a in (rec.get("answers") or []) if str(a).strip()]:
+        skips.add("no_answers", f"questionId={qid}")
+        return False
+    return True
+
+
+def _select(
+    n: int, limit: int | None, fraction: float | None, sample_seed: int | None
+) -> list[int]:
+    """Indices of the selected records among n candidates, in file order."""
+    k = n
+    if fraction is not None:
+        if not 0 < fraction <= 1:
+            raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+        k = min(k, round(n * fraction))
+    if limit is not None:
+        k = min(k, limit)
+    if sample_seed is None:
+        return list(range(k))
+    return sorted(random.Random(sample_seed).sample(range(n), k))
+
+
+class _Reader:
+    """Selection and bookkeeping shared by both readers."""
+
+    split: str
+    skips: Skips
+    num_read: int
+    _selected: list[Example]
+
+    @property
+    def num_examples(self) -> int:
+        return len(self._selected)
+
+    def num_examples_for(self, shard_index: int, shard_count: int) -> int:
+        return len(range(shard_index, self.num_examples, shard_count))
+
+    def _finish_selection(
+        self,
+        candidates: list[Example],
+        limit,
+        fraction,
+        sample_seed,
+        question_types: Sequence[str] | None,
+    ) -> list[Example]:
+        if question_types:
+            wanted = set(question_types)
+            candidates = [e for e in candidates if wanted & set(e.question_types)]
+        return [candidates[i] for i in _select(len(candidates), limit, fraction, sample_seed)]
+
+    def iter_examples(self) -> Iterator[Example]:
+        raise NotImplementedError
+
+    def get_tfdata(self, *, shard_index: int = 0, shard_count: int = 1):
+        """One epoch of encoded pages (undecodable ones skipped) as a tf.data.Dataset."""
+        import tensorflow as tf
+
+        def gen():
+            for i, ex in enumerate(self.iter_examples()):
+                if i % shard_count != shard_index:
+                    continue
+                # Bad images must not reach tf's decoder, which would stop the whole pipeline.
+                if not image_ok(ex.image):
+                    self.skips.add("undecodable_image", f"questionId={ex.question_id}")
+                    continue
+                yield {
+                    "question_id": ex.question_id,
+                    "question": ex.question,
+                    "answers": ex.answers,
+                    "question_types": ex.question_types,
+                    "doc_id": ex.doc_id,
+                    "image": ex.image,
+                }
+
+        sig = {
+            "question_id": tf.TensorSpec([], tf.int64),
+            "question": tf.TensorSpec([], tf.string),
+            "answers": tf.TensorSpec([None], tf.string),
+            "question_types": tf.TensorSpec([None], tf.string),
+            "doc_id": tf.TensorSpec([], tf.int64),
+            "image": tf.TensorSpec([], tf.string),
+        }
+        return tf.data.Dataset.from_generator(gen, output_signature=sig)
+
+
+@Registry.register("datasets.docvqa_hf")
+class HFParquetDocVQA(_Reader):
+    """HuggingFaceM4/DocumentVQA parquet shards of one split."""
+
+    def __init__(
+        self,
+        path: str,
+        split: str = "train",
+        *,
+        limit: int | None = None,
+        fraction: float | None = None,
+        sample_seed: int | None = None,
+        question_types: Sequence[str] | None = None,
+    ):
+        """Reads the metadata of the split and selects records.
+
+        Args:
+          path: directory holding `{split}-*.parquet` (searched recursively), or one .parquet file.
+          split: "train", "validation" (alias "val") or "test".
+          limit, fraction, sample_seed, question_types: selection, see the module docstring.
+        """
+        import pyarrow.parquet as pq
+
+        self.split = {"val": "validation"}.get(split, split)
+        self.files = _parquet_files(path, self.split)
+        self.skips, self.num_read = Skips(), 0
+        candidates, self._where = [], {}
+        for f in self.files:
+            pf = pq.ParquetFile(f)
+            missing = [c for c in HF_COLUMNS if c not in pf.schema_arrow.names]
+            if missing:
+                raise ValueError(
+                    f"{f} is not HuggingFaceM4/DocumentVQA parquet: missing columns "
+                    f"{missing} (has {pf.schema_arrow.names})."
+                )
+            row = 0
+            for batch in pf.iter_batches(columns=_META_COLUMNS, batch_size=4096):
+                for rec in batch.to_pylist():
+                    self.num_read += 1
+                    if _check_text(rec, self.split, self.skips):
+                        ex = _example(rec, str(rec["docId"]))
+                        candidates.append(ex)
+                        self._where[ex.question_id] = (f, row)
+                    row += 1
+        self._selected = self._finish_selection(
+            candidates, limit, fraction, sample_seed, question_types
+        )
+
+    def iter_examples(self) -> Iterator[Example]:
+        """Yields the selected examples in file order with their page bytes loaded."""
+        import pyarrow.parquet as pq
+
+        by_file = collections.defaultdict(list)
+        for ex in self._selected:
+            by_file[self._where[ex.question_id][0]].append(ex)
+        for f in self.files:
+            if not by_file[f]:
+                continue
+            pf = pq.ParquetFile(f)
+            starts, s = [], 0
+            for g in range(pf.num_row_groups):
+                starts.append(s)
+                s += pf.metadata.row_group(g).num_rows
+            todo = collections.defaultdict(list)
+            for ex in by_file[f]:
+                row = self._where[ex.question_id][1]
+                g = max(i for i, st in enumerate(starts) if st <= row)
+                todo[g].append((row - starts[g], ex))
+            for g in sorted(todo):  # One row group's images in memory at a time.
+                images = pf.read_row_group(g, columns=["image"]).column("image")
+                for offset, ex in todo[g]:
+                    img = images[offset].as_py() or {}
+                    if not img.get("bytes"):
+                        self.skips.add("missing_image", f"questionId={ex.question_id}")
+                        continue
+                    ex.image = img["bytes"]
+                    yield ex
+                    ex.image = None  # Do not keep pages alive through the selection list.
+
+
+@Registry.register("datasets.docvqa_json")
+class JsonDocVQA(_Reader):
+    """The original DocVQA release: `{split}/{split}_v1.0[_withQT].json` + `documents/`."""
+
+    def __init__(
+        self,
+        path: str,
+        split: str = "train",
+        *,
+        limit: int | None = None,
+        fraction: float | None = None,
+        sample_seed: int | None = None,
+        question_types: Sequence[str] | None = None,
+    ):
+        """Reads the split's JSON and selects records.
+
+        Args:
+          path: release root (holding `{split}/`), the split directory, or the JSON file itself.
+          split: "train", "val" (alias "validation") or "test".
+          limit, fraction, sample_seed, question_types: selection, see the module docstring.
+        """
+        self.split = {"validation": "val"}.get(split, split)
+        self.json_path = _json_file(path, self.split)
+        self.root = os.path.dirname(self.json_path)
+        with open(self.json_path) as f:
+            try:
+                doc = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{self.json_path} is not DocVQA JSON: {e}") from e
+        if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
+            raise ValueError(
+                f"{self.json_path} is not DocVQA JSON: missing top-level key 'data' "
+                "(a list of question records)."
+            )
+        self.skips, self.num_read = Skips(), 0
+        candidates = []
+        for rec in doc["data"]:
+            missing = [k for k in JSON_KEYS if k not in rec] if isinstance(rec, dict) else JSON_KEYS
+            if missing:
+                raise ValueError(
+                    f"{self.json_path} is not DocVQA JSON: a record lacks keys "
+                    f"{list(missing)}: {str(rec)[:200]}"
+                )
+            self.num_read += 1
+            if _check_text(rec, "test" if self.split == "test" else "train", self.skips):
+                candidates.append(_example(rec, rec["image"]))
+        selected = self._finish_selection(candidates, limit, fraction, sample_seed, question_types)
+        # Group questions of one page together (stable): pages are then decoded once, in a row.
+        self._selected = sorted(selected, key=lambda e: e.image_key)
+
+    def iter_examples(self) -> Iterator[Example]:
+        """Yields the selected examples (grouped by page) with their page bytes loaded."""
+        for ex in self._selected:
+            p = os.path.join(self.root, ex.image_key)
+            if not os.path.isfile(p):
+                self.skips.add("missing_image", f"questionId={ex.question_id} ({ex.image_key})")
+                continue
+            with open(p, "rb") as f:
+                ex.image = f.read()
+            yield ex
+            ex.image = None
+
+
+def _example(rec: dict, image_key: str) -> Example:
+    return Example(
+        question_id=int(rec["questionId"]),
+        question=str(rec["question"]).strip(),
+        answers=[str(a) for a in (rec.get("answers") or [])],
+        question_types=[str(t) for t in (rec.get("question_types") or [])],
+        doc_id=int(rec.get("docId") or 0),
+        image_key=image_key,
+    )
+
+
+def _parquet_files(path: str, split: str) -> list[str]:
+    if os.path.isfile(path):
+        return [path]
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"No such file or directory: {path}")
+    files = sorted(glob.glob(os.path.join(path, "**", f"{split}-*.parquet"), recursive=True))
+    if not files:
+        found = sorted(glob.glob(os.path.join(path, "**", "*.parquet"), recursive=True))[:5]
+        raise FileNotFoundError(f"No {split}-*.parquet under {path} (found {found or 'none'}).")
+    return files
+
+
+def _json_file(path: str, split: str) -> str:
+    if os.path.isfile(path):
+        return path
+    for d in (os.path.join(path, split), path):
+        for name in (f"{split}_v1.0_withQT.json", f"{split}_v1.0.json"):
+            if os.path.isfile(os.path.join(d, name)):
+                return os.path.join(d, name)
+    raise FileNotFoundError(f"No {split}/{split}_v1.0[_withQT].json under {path}.")
