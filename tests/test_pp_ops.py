@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import png_bytes
+from tests.conftest import png_bytes
 
 from pg_jax.data import input_pipeline
 from pg_jax.pp import builder
