@@ -56,8 +56,8 @@ def get_config(variant: str, res: int = 224, vocab_size: int | None = None,
     Args:
       variant: a key of VARIANTS.
       res: image resolution; the tiny variants also accept other multiples of 14.
-      vocab_size: defaults to the real 257152 for released variants; required
-        for tiny ones (the project's tokenizer decides it).
+      vocab_size: defaults to the real 257152 for released variants and to the
+        project's small tokenizer's for tiny ones.
       **common: fields set on both towers, e.g. dtype="bfloat16",
         attention_impl="cudnn", remat_policy="nothing_saveable".
 
@@ -70,10 +70,12 @@ def get_config(variant: str, res: int = 224, vocab_size: int | None = None,
     tiny = vit_name == "tiny"
     if not tiny and res not in RESOLUTIONS:
         raise ValueError(f"{variant} exists at resolutions {RESOLUTIONS}, not {res}")
-    if vocab_size is None:
-        if tiny:
-            raise ValueError(f"{variant} needs vocab_size (the tokenizer's)")
-        vocab_size = REAL_VOCAB
+    if vocab_size is None and tiny:
+        # Tiny variants go with the project's small tokenizer.
+        from pg_jax.pp import tokenizer  # sentencepiece only; no tensorflow
+
+        vocab_size = tokenizer.Tokenizer(tokenizer.get_default_tokenizer_path()).vocab_size
+    vocab_size = vocab_size or REAL_VOCAB
     img = dict(SO400M if not tiny else TINY_VIT, image_size=res)
     llm = dict(LLMS[llm_name], vocab_size=vocab_size)
     if is_pg2:
