@@ -192,3 +192,38 @@ def test_hf_export_with_tokenizer_loads_in_transformers(tmp_path):
     assert ids[: model.num_image_tokens] == [vocab] * model.num_image_tokens
     assert ids[model.num_image_tokens] == 2  # bos after the image tokens
     assert tuple(inputs["pixel_values"].shape) == (1, 3, 28, 28)
+
+
+SHARDED_LOAD = r"""
+import sys
+import jax, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import pg_jax
+mesh = Mesh(np.array(jax.devices()).reshape(4), ("data",))
+
+def fsdp(key, shape):  # shard the largest axis divisible by 4, like an FSDP rule
+    axes = [i for i, n in sorted(enumerate(shape), key=lambda t: -t[1]) if n % 4 == 0]
+    spec = [None] * len(shape)
+    if axes:
+        spec[axes[0]] = "data"
+    return NamedSharding(mesh, P(*spec))
+
+model, params = pg_jax.load(sys.argv[1], shardings=fsdp)
+_, ref = pg_jax.load(sys.argv[1])
+emb = params["llm"]["embedder"]["input_embedding"]
+assert len(emb.sharding.device_set) == 4, emb.sharding
+assert emb.addressable_shards[0].data.shape == (16, 32), emb.addressable_shards[0].data.shape
+for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+print("ok")
+"""
+
+
+def test_load_straight_into_shardings(tmp_path):
+    _, params = _tiny()
+    exporter.save_npz(params, str(tmp_path / "m.npz"))
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+               JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", SHARDED_LOAD, str(tmp_path / "m.npz")],
+                         capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
