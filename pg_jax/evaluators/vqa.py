@@ -6,7 +6,7 @@ Config entry (see ``pg_jax.evaluators.common``)::
         type="vqa", every_steps=500,
         data=dict(name="docvqa_json", path="/data/docvqa", split="val", limit=512),
         res=448, text_len=48, prompt="{question}", batch_size=16,
-        pred="decode", pred_kw=dict(max_decode_len=32),
+        pred="decode", max_decode_len=32,  # pred_kw=dict(sampler=...) for others
         report=False,             # also write an HTML report (pg_jax.report)
     )
 
@@ -115,6 +115,7 @@ class Evaluator:
         batch_size: int = 16,
         pred: str = "decode",
         pred_kw: dict | None = None,
+        max_decode_len: int = 32,
         report: bool = False,
         report_rows: int = 500,
         progress: bool | None = None,
@@ -135,7 +136,8 @@ class Evaluator:
           prompt: prompt template ("{question}" as big_vision, or "answer en {question}").
           batch_size: per-host batch; the last batch is padded and the padding ignored.
           pred: name in ``predict_fns.get_all``; pred_kw its keyword arguments
-            (default ``max_decode_len=32``, greedy).
+            (default greedy).
+          max_decode_len: answer tokens at most (``pred_kw["max_decode_len"]`` wins).
           report: also write an HTML report with page thumbnails (costs a PNG per question).
           report_rows: questions shown in the report, worst first.
           progress: tqdm progress bar; None shows it for runs of 20 batches or more.
@@ -154,11 +156,8 @@ class Evaluator:
         self.pp = pp_vqa_eval(self.res, text_len, prompt, tokenizer)
         self.batch_size = batch_size
         self.predict = predict_fns.get_all(model)[pred]
-        self.pred_kw = {
-            "max_decode_len": 32,
-            "eos_id": self.tok.eos_id,
-            **(pred_kw or {}),
-        }
+        kw = {"max_decode_len": max_decode_len, "eos_id": self.tok.eos_id}
+        self.pred_kw = {**kw, **(pred_kw or {})}
         self.report, self.report_rows, self.progress = report, report_rows, progress
         self.stem = common.metric_file_stem(prefix)
         # Filled by run(), for the evaluate CLI and tests.
