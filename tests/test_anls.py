@@ -42,17 +42,13 @@ def test_case_and_whitespace_rrc_vs_big_vision():
     # big_vision: lower-case only; whitespace is part of the string.
     assert m.anls("The TOTAL", ["the total"], variant="big_vision") == 1.0
     # "the  total " vs "the total": distance 2 over 11 characters.
-    assert m.anls("the  total ", ["the total"], variant="big_vision") == pytest.approx(
-        1 - 2 / 11
-    )
+    assert m.anls("the  total ", ["the total"], variant="big_vision") == pytest.approx(1 - 2 / 11)
 
 
 def test_several_ground_truths_take_the_max():
     answers = ["$1,234.00", "1234", "1,234"]
     assert m.anls("1234", answers) == 1.0
-    assert m.anls("1,235", answers) == pytest.approx(
-        0.8
-    )  # best: "1,234", distance 1 of 5
+    assert m.anls("1,235", answers) == pytest.approx(0.8)  # best: "1,234", distance 1 of 5
     assert m.anls("$1,234.0", answers) == pytest.approx(8 / 9)
 
 
@@ -86,9 +82,7 @@ def test_mean_and_totals_per_type_and_sum_of_parts():
     out = t.metrics()
     assert out["anls"] == pytest.approx(0.5) and out["num"] == 4
     assert out["exact_match"] == pytest.approx(0.5)
-    assert out["anls/form"] == pytest.approx(0.5) and out[
-        "anls/layout"
-    ] == pytest.approx(0.5)
+    assert out["anls/form"] == pytest.approx(0.5) and out["anls/layout"] == pytest.approx(0.5)
     # Host-style reduction: sums of two halves equal the whole.
     a, b = m.Totals(), m.Totals()
     for i, (p, g, ty) in enumerate(zip(preds, gts, types)):

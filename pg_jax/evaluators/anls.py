@@ -99,9 +99,7 @@ def anls(
     if not answers:
         raise ValueError("anls needs at least one ground-truth answer")
     pred = normalize(prediction, variant)
-    return max(
-        _similarity(pred, normalize(gt, variant), variant, threshold) for gt in answers
-    )
+    return max(_similarity(pred, normalize(gt, variant), variant, threshold) for gt in answers)
 
 
 def exact_match(prediction: str, answers: Sequence[str], variant: str = "rrc") -> float:
@@ -122,13 +120,9 @@ class Totals:
     anls_big_vision: float = 0.0
     exact_match: float = 0.0
     count: int = 0
-    by_type: dict[str, list[float]] = dataclasses.field(
-        default_factory=dict
-    )  # [anls_sum, n]
+    by_type: dict[str, list[float]] = dataclasses.field(default_factory=dict)  # [anls_sum, n]
 
-    def add(
-        self, prediction: str, answers: Sequence[str], types: Iterable[str] = ()
-    ) -> float:
+    def add(self, prediction: str, answers: Sequence[str], types: Iterable[str] = ()) -> float:
         """Scores one question, adds it, and returns its (RRC) ANLS."""
         score = anls(prediction, answers)
         self.anls += score
@@ -152,9 +146,7 @@ class Totals:
     @classmethod
     def from_array(cls, arr: np.ndarray, types: Sequence[str]) -> Totals:
         """Inverse of ``as_array`` (types with no questions are dropped)."""
-        by_type = {
-            t: [float(arr[4 + 2 * i]), int(arr[5 + 2 * i])] for i, t in enumerate(types)
-        }
+        by_type = {t: [float(arr[4 + 2 * i]), int(arr[5 + 2 * i])] for i, t in enumerate(types)}
         return cls(
             anls=float(arr[0]),
             anls_big_vision=float(arr[1]),
@@ -195,6 +187,4 @@ def mean_anls(
         raise ValueError(f"{len(predictions)} predictions for {len(answers)} questions")
     if not predictions:
         return 0.0
-    return sum(anls(p, a, variant) for p, a in zip(predictions, answers)) / len(
-        predictions
-    )
+    return sum(anls(p, a, variant) for p, a in zip(predictions, answers)) / len(predictions)
