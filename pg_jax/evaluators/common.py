@@ -47,3 +47,29 @@ def from_config(
         )
         built[prefix] = (evaluator, every)
     return built
+
+
+def check_tokenizer(tokenizer, model, what: str = "the checkpoint") -> None:
+    """Refuses a tokenizer whose vocabulary is not the model's.
+
+    A smaller tokenizer would decode ids it never produced into garbage, a larger one would
+    feed the embedding out-of-range ids; both fail silently, so refuse loudly instead.
+
+    Args:
+      tokenizer: a ``pg_jax.pp.tokenizer.Tokenizer``.
+      model: a ``paligemma.Model``.
+      what: how to name the model in the message (e.g. its path).
+    """
+    model_vocab = model.llm["vocab_size"]
+    if tokenizer.vocab_size != model_vocab:
+        raise ValueError(
+            f"tokenizer {tokenizer.path} has {tokenizer.vocab_size} pieces but {what} has a "
+            f"vocabulary of {model_vocab}; pass the tokenizer the model was trained with "
+            "(--tokenizer; the released PaliGemma models use paligemma_tokenizer.model, "
+            "257152 pieces)."
+        )
+
+
+def metric_file_stem(prefix: str) -> str:
+    """File name stem of an evaluator's outputs: "docvqa/val" -> "docvqa_val"."""
+    return prefix.replace("/", "_")

@@ -1,0 +1,229 @@
+"""Evaluate a PaliGemma checkpoint on DocVQA: ANLS, a predictions JSON and an HTML report.
+
+With a training config (its ``evals`` entries of type "vqa" are run)::
+
+    python -m pg_jax.evaluate --config configs/docvqa.py --workdir /tmp/pg_demo
+    python -m pg_jax.evaluate --config configs/docvqa.py:res=448,data=/data/docvqa \\
+        --workdir /tmp/run --ckpt /ckpt/finetuned.npz --split test
+
+With flags alone (no config; default data: the embedded synthetic set)::
+
+    python -m pg_jax.evaluate --workdir /tmp/eval --ckpt /tmp/pg_demo/params.npz --limit 200
+
+The checkpoint is ``--ckpt`` (a big_vision .npz or an HF directory) or, by default, the merged
+params the trainer writes at the end of training, ``{workdir}/params.npz``. Outputs, in the
+workdir: ``{prefix}.json`` (one record per question; for a split without answers the DocVQA
+evaluation server's ``[{"questionId", "answer"}]``), ``{prefix}.html`` (the report, worst
+answers first) and ``{prefix}_metrics.json``, where prefix is e.g. ``docvqa_val``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+
+from pg_jax.evaluators import common
+
+
+# ---------------------------------------------------------------------------------------------
+# Where the data, the config and the checkpoint come from.
+# ---------------------------------------------------------------------------------------------
+def data_spec(path: str | None, split: str, limit: int | None = None) -> dict:
+    """A ``pg_jax.data.core.get`` spec for a directory, picking the reader by what is there.
+
+    Args:
+      path: a prepare_data cache (manifest.json), an HF parquet directory, the original DocVQA
+        JSON release, or a synthetic set's root (holding ``docvqa/``). None: the embedded
+        synthetic set (generated on first use).
+      split: "train", "val" or "test" (ignored by prepared caches, which hold one split).
+      limit: the first ``limit`` questions only.
+
+    Returns:
+      {"name": ..., "path": ..., ...}.
+    """
+    if path is None:
+        from pg_jax.data import synthetic
+
+        path = synthetic.ensure_synthetic()
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"data directory {path} does not exist")
+    if os.path.exists(os.path.join(path, "manifest.json")):
+        spec = {"name": "docvqa_prepared", "path": path}
+        if limit:
+            print("note: --limit is ignored for a prepared cache (its selection is fixed)")
+        return spec
+    if os.path.isdir(os.path.join(path, "docvqa")):  # A synthetic set: use its JSON copy.
+        path = os.path.join(path, "docvqa")
+    elif any(f.endswith(".parquet") for _, _, files in os.walk(path) for f in files):
+        return {"name": "docvqa_hf", "path": path, "split": split, "limit": limit}
+    return {"name": "docvqa_json", "path": path, "split": split, "limit": limit}
+
+
+def load_config(spec: str):
+    """``path/to/config.py[:arg]`` -> ``get_config(arg)``, as ml_collections' config flag does."""
+    path, _, arg = spec.partition(":")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"config file {path} does not exist")
+    # Configs import siblings as ``configs.common``: put the directory above configs/ on the path.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    module_spec = importlib.util.spec_from_file_location("_pg_jax_eval_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg or None)
+
+
+def evals_from_config(config, split: str | None, limit: int | None) -> dict[str, dict]:
+    """The config's vqa evals (optionally only those of ``split``), data placeholders resolved."""
+    chosen = {}
+    evals = config.evals.to_dict() if hasattr(config.evals, "to_dict") else dict(config.evals)
+    for prefix, entry in evals.items():
+        entry = dict(entry)
+        if entry.get("type") != "vqa":
+            continue
+        data = dict(entry["data"])
+        if split:
+            if data["name"] == "docvqa_prepared":
+                continue  # A prepared cache is one fixed split; its prefix says which.
+            data["split"] = split
+            prefix = f"{prefix.rsplit('/', 1)[0]}/{split}"
+        if data.get("path") == "synthetic":  # The trainer's placeholder for the embedded set.
+            from pg_jax.data import synthetic
+
+            difficulty = config.synthetic if "synthetic" in config else "easy"
+            data["path"] = os.path.join(synthetic.ensure_synthetic(difficulty=difficulty), "docvqa")
+        if limit:
+            data["limit"] = limit
+        entry["data"] = data
+        chosen[prefix] = entry
+    if not chosen:
+        raise ValueError(
+            f"the config has no evals of type 'vqa'{f' for split {split}' * bool(split)}"
+        )
+    return chosen
+
+
+def resolve_ckpt(ckpt: str | None, workdir: str) -> str:
+    """``--ckpt``, else the trainer's ``{workdir}/params.npz``; a clear error if neither exists."""
+    path = ckpt or os.path.join(workdir, "params.npz")
+    if not os.path.exists(path):
+        if ckpt:
+            raise FileNotFoundError(f"checkpoint {ckpt} does not exist")
+        raise FileNotFoundError(
+            f"no checkpoint given and {path} does not exist (the trainer writes it at the end "
+            "of training); pass --ckpt PATH (a big_vision .npz or a Hugging Face directory)"
+        )
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI.
+# ---------------------------------------------------------------------------------------------
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m pg_jax.evaluate",
+        description="Evaluate a PaliGemma checkpoint on DocVQA: prints ANLS, writes the "
+        "predictions JSON and an HTML report (worst answers first) into --workdir.",
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--workdir", required=True, help="where outputs go; holds params.npz by default")
+    p.add_argument(
+        "--config",
+        help="training config, path/to/config.py[:key=value,...]; "
+        "its evals of type 'vqa' are run (default: build one from the flags below)",
+    )
+    p.add_argument("--ckpt", help="big_vision .npz or HF directory (default: WORKDIR/params.npz)")
+    p.add_argument(
+        "--split",
+        default=None,
+        help="train | val | test (default: val, or the "
+        "config's); a split without answers gives the test-server JSON",
+    )
+    p.add_argument(
+        "--data",
+        help="dataset directory: prepare_data cache, HF parquet dir, DocVQA "
+        "JSON release or synthetic root (default: the embedded synthetic set)",
+    )
+    p.add_argument(
+        "--tokenizer",
+        help="SentencePiece .model the checkpoint was trained with "
+        "(default: the config's, else the small project tokenizer)",
+    )
+    p.add_argument("--res", type=int, help="image side; must be the checkpoint's (default)")
+    p.add_argument("--limit", type=int, help="evaluate the first N questions only")
+    p.add_argument("--batch_size", type=int, help="questions per decode batch (default 16)")
+    p.add_argument("--max_decode_len", type=int, help="answer tokens at most (default 32)")
+    p.add_argument("--text_len", type=int, help="prompt tokens (default 48)")
+    p.add_argument("--prompt", help='prompt template (default "{question}")')
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16"],
+        help="compute dtype (bfloat16 on GPUs)",
+    )
+    p.add_argument("--report_rows", type=int, default=500, help="questions listed in the report")
+    p.add_argument("--no_report", action="store_true", help="skip the HTML report")
+    return p  # fmt: skip
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the CLI; returns the exit status (2 with a message on bad arguments)."""
+    a = _parser().parse_args(argv)
+    try:
+        ckpt = resolve_ckpt(a.ckpt, a.workdir)
+        tokenizer = a.tokenizer
+        if a.config:
+            config = load_config(a.config)
+            evals = evals_from_config(config, a.split, a.limit)
+            tokenizer = tokenizer or (config.tokenizer if "tokenizer" in config else None) or None
+        else:
+            split = a.split or "val"
+            evals = {f"docvqa/{split}": {"type": "vqa", "data": data_spec(a.data, split, a.limit)}}
+        # Flags override the config's entries; unset flags keep the config's or the defaults.
+        flags = {k: getattr(a, k) for k in ("batch_size", "max_decode_len", "text_len", "prompt")}
+        for entry in evals.values():
+            entry.update({k: v for k, v in flags.items() if v is not None})
+            entry.update(report=not a.no_report, report_rows=a.report_rows, progress=True)
+
+        import jax.numpy as jnp
+
+        from pg_jax.models import loader
+
+        print(f"loading {ckpt}")
+        model, params = loader.load(ckpt, dtype=a.dtype, param_dtype=jnp.dtype(a.dtype))
+        res = model.img["image_size"]
+        if a.res and a.res != res:
+            raise ValueError(f"--res {a.res}: checkpoint {ckpt} is at {res} px")
+        for entry in evals.values():
+            if entry.get("res", res) != res:
+                raise ValueError(f"config eval at res {entry['res']}; checkpoint is at {res} px")
+            entry["res"] = res
+        built = common.from_config(evals, model=model, tokenizer=tokenizer, workdir=a.workdir)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    for prefix, (evaluator, _) in built.items():
+        t0 = time.time()
+        metrics = dict(evaluator.run(params))
+        stem = common.metric_file_stem(prefix)
+        with open(os.path.join(a.workdir, f"{stem}_metrics.json"), "w") as f:
+            json.dump({"ckpt": os.path.abspath(ckpt), **metrics}, f, indent=1)
+        print(f"\n{prefix}  ({ckpt}, {time.time() - t0:.1f}s)")
+        for name, value in metrics.items():
+            print(f"  {name[len(prefix) + 1 :]:<24} {value:.4f}" if isinstance(value, float)
+                  else f"  {name[len(prefix) + 1 :]:<24} {value}")  # fmt: skip
+        for kind, path in evaluator.outputs.items():
+            print(f"  {kind:<24} {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,289 @@
+"""DocVQA evaluator: decode answers for one split, score them with ANLS, write predictions.
+
+Config entry (see ``pg_jax.evaluators.common``)::
+
+    config.evals["docvqa/val"] = dict(
+        type="vqa", every_steps=500,
+        data=dict(name="docvqa_json", path="/data/docvqa", split="val", limit=512),
+        res=448, text_len=48, prompt="{question}", batch_size=16,
+        pred="decode", max_decode_len=32,  # pred_kw=dict(sampler=...) for others
+        report=False,             # also write an HTML report (pg_jax.report)
+    )
+
+``run(params)`` yields ``("docvqa/val/anls", x)``, ``.../anls_big_vision``, ``.../exact_match``,
+``.../anls/<question type>``, ``.../num`` and ``.../examples_per_sec``, and writes
+``{workdir}/docvqa_val.json``: one record per question (``questionId``, ``answer``, ``answers``,
+``anls``, ``question``, ``question_types``). For a split without answers (DocVQA test) nothing is
+scored and the file is the evaluation server's ``[{"questionId": int, "answer": str}]``.
+
+Multi-host: each host decodes its shard of the split; the metrics are sums of per-host
+statistics divided once at the end (a mean of host means would weight hosts, not questions), and
+host 0 merges the per-host prediction files.
+
+Semantics follow big_vision ``evaluators/proj/paligemma/transfers/vqa.py``: padding rows of the
+last batch (``_mask`` False) are skipped; detokenisation stops at eos.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+import numpy as np
+
+from pg_jax import predict_fns
+from pg_jax.evaluators import anls as anls_lib
+from pg_jax.evaluators import common
+from pg_jax.pp.tokenizer import Tokenizer
+
+# DocVQA's nine question types: a fixed order so every host sums the same statistics vector.
+DOCVQA_TYPES = (
+    "figure/diagram", "form", "free_text", "handwritten", "layout", "others", "table/list",
+    "Image/Photo", "Yes/No",
+)  # fmt: skip
+MAX_ANSWERS = 16  # Padded answers per question (DocVQA has at most ~10).
+MAX_TYPES = 8
+
+
+def pp_vqa_eval(res: int, text_len: int, prompt: str, tokenizer: str | None) -> str:
+    """The eval op string of ``input_pipeline.pp_eval`` plus the question text and types.
+
+    The report and the predictions file need the question and its types, which ``pp_eval``
+    drops; everything else (prompt layout, truncation) is exactly the pipeline's.
+    """
+    from pg_jax.data import (
+        input_pipeline,
+    )  # TensorFlow: only when an eval split is read.
+
+    ops, keep = input_pipeline.pp_eval(res, text_len, prompt, tokenizer, MAX_ANSWERS).rsplit(
+        "|keep(", 1
+    )
+    assert keep.startswith("'image'"), keep  # pp_eval must end with its keep(...)
+    return (
+        f"{ops}|tolen({MAX_TYPES}, pad_value='', key='question_types')"
+        "|keep('image', 'text', 'mask_ar', 'mask_input', 'answers', 'question_id', 'truncated', "
+        "'question', 'question_types')"
+    )
+
+
+def _strs(x) -> list[str]:
+    """bytes/str numpy array -> list of non-empty Python strings (drops the "" padding)."""
+    out = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in np.ravel(x)]
+    return [v for v in out if v]
+
+
+def thumbnail_png(image: np.ndarray, size: int = 192) -> bytes:
+    """float[R, R, 3] in [-1, 1] (what the model saw) -> PNG bytes of a size x size thumbnail."""
+    from PIL import Image
+
+    arr = np.clip((np.asarray(image, np.float32) + 1.0) * 127.5, 0, 255).astype(np.uint8)
+    img = Image.fromarray(arr).resize((size, size), Image.BILINEAR)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def process_sum(x: np.ndarray) -> np.ndarray:
+    """Sums a float64 vector over hosts (identity on one host)."""
+    if jax.process_count() == 1:
+        return x
+    from jax.experimental import multihost_utils
+
+    return np.sum(multihost_utils.process_allgather(x), axis=0)
+
+
+class Evaluator:
+    """Decodes one DocVQA split and scores it; see the module docstring."""
+
+    def __init__(
+        self,
+        model,
+        *,
+        tokenizer: str | None,
+        workdir: str | None,
+        prefix: str,
+        data: dict,
+        res: int | None = None,
+        text_len: int = 48,
+        prompt: str = "{question}",
+        batch_size: int = 16,
+        pred: str = "decode",
+        pred_kw: dict | None = None,
+        max_decode_len: int = 32,
+        report: bool = False,
+        report_rows: int = 500,
+        progress: bool | None = None,
+        **unused: Any,
+    ):
+        """Builds the data source and the predict function.
+
+        Args:
+          model: a ``paligemma.Model``.
+          tokenizer: SentencePiece model path (None: the small project tokenizer); its
+            vocabulary must be the model's.
+          workdir: where ``{stem}.json`` (and ``{stem}.html``) go; None writes nothing.
+          prefix: metric prefix, e.g. "docvqa/val"; the file stem is prefix with "/" -> "_".
+          data: ``pg_jax.data.core.get`` kwargs: {"name": ..., "path": ..., "split": ...}.
+          res: image side; default the model's.
+          text_len: prompt length in tokens (longer questions are cut, counted in
+            ``num_truncated``).
+          prompt: prompt template ("{question}" as big_vision, or "answer en {question}").
+          batch_size: per-host batch; the last batch is padded and the padding ignored.
+          pred: name in ``predict_fns.get_all``; pred_kw its keyword arguments
+            (default greedy).
+          max_decode_len: answer tokens at most (``pred_kw["max_decode_len"]`` wins).
+          report: also write an HTML report with page thumbnails (costs a PNG per question).
+          report_rows: questions shown in the report, worst first.
+          progress: tqdm progress bar; None shows it for runs of 20 batches or more.
+          **unused: other config keys (e.g. the trainer's ``log_percent``) are ignored.
+        """
+        del unused
+        from pg_jax.data import (
+            core,
+        )  # TensorFlow-backed: imported only when evaluating.
+
+        self.model, self.prefix, self.workdir = model, prefix, workdir
+        self.tok = Tokenizer(tokenizer)
+        common.check_tokenizer(self.tok, model, what="the model")
+        self.source = core.get(data["name"], **{k: v for k, v in data.items() if k != "name"})
+        self.res = res or model.img["image_size"]
+        self.pp = pp_vqa_eval(self.res, text_len, prompt, tokenizer)
+        self.batch_size = batch_size
+        self.predict = predict_fns.get_all(model)[pred]
+        kw = {"max_decode_len": max_decode_len, "eos_id": self.tok.eos_id}
+        self.pred_kw = {**kw, **(pred_kw or {})}
+        self.report, self.report_rows, self.progress = report, report_rows, progress
+        self.stem = common.metric_file_stem(prefix)
+        # Filled by run(), for the evaluate CLI and tests.
+        self.records: list[dict] = []
+        self.outputs: dict[str, str] = {}
+
+    # ------------------------------------------------------------------------------------------
+    def _batches(self) -> Iterator[dict[str, np.ndarray]]:
+        from pg_jax.data import input_pipeline
+
+        return input_pipeline.eval_batches(self.source, self.pp, batch_size=self.batch_size)
+
+    def _num_batches(self) -> int:
+        n = self.source.num_examples_for(jax.process_index(), jax.process_count())
+        return math.ceil(n / self.batch_size)
+
+    def run(self, params: Any) -> Iterator[tuple[str, float]]:
+        """Decodes and scores the split once.
+
+        Args:
+          params: model params (or a train state dict holding "params").
+
+        Yields:
+          (f"{prefix}/{metric}", value) pairs; see the module docstring.
+        """
+        if isinstance(params, dict) and "params" in params and "img" not in params:
+            params = params["params"]  # Accept the trainer's {"params", "opt"} state too.
+        from tqdm import tqdm
+
+        t0 = time.perf_counter()
+        total = self._num_batches()
+        show = self.progress if self.progress is not None else total >= 20
+        show = show and jax.process_index() == 0
+        records, thumbs, totals = [], {}, anls_lib.Totals()
+        num_truncated = 0
+        for batch in tqdm(self._batches(), total=total, desc=self.prefix, disable=not show):
+            tokens = np.asarray(jax.device_get(self.predict(params, batch, **self.pred_kw)))
+            for i in np.flatnonzero(batch["_mask"]):
+                qid = int(batch["question_id"][i])
+                answers = _strs(batch["answers"][i])
+                types = _strs(batch["question_types"][i])
+                rec = {
+                    "questionId": qid,
+                    "answer": self.tok.decode(tokens[i]),
+                    "question": _strs(batch["question"][i : i + 1])[0],
+                    "answers": answers,
+                    "question_types": types,
+                }
+                if answers:
+                    rec["anls"] = totals.add(rec["answer"], answers, types)
+                num_truncated += int(batch["truncated"][i])
+                records.append(rec)
+                if self.report and self.workdir:
+                    thumbs[qid] = thumbnail_png(batch["image"][i])
+        seconds = time.perf_counter() - t0
+
+        types = (
+            sorted(set(DOCVQA_TYPES) | set(totals.by_type))
+            if jax.process_count() == 1
+            else DOCVQA_TYPES
+        )  # Other hosts may know other types; sum a fixed vector.
+        summed = process_sum(
+            np.concatenate([totals.as_array(types), [len(records), num_truncated]])
+        )
+        totals = anls_lib.Totals.from_array(summed[:-2], types)
+        num, num_truncated = int(summed[-2]), int(summed[-1])
+        metrics = totals.metrics() if totals.count else {}
+        metrics.update(num=num, num_truncated=num_truncated, examples_per_sec=num / seconds)
+        self.records = records
+        self._write(records, thumbs, metrics, scored=totals.count > 0)
+        for name, value in metrics.items():
+            yield f"{self.prefix}/{name}", value
+
+    # ------------------------------------------------------------------------------------------
+    def _write(self, records: list[dict], thumbs: dict, metrics: dict, scored: bool) -> None:
+        """Writes the predictions JSON (merged over hosts) and, if asked, the HTML report."""
+        if not self.workdir:
+            return
+        os.makedirs(self.workdir, exist_ok=True)
+        path = os.path.join(self.workdir, f"{self.stem}.json")
+        if not scored:  # The evaluation server wants exactly these two keys.
+            records = [{"questionId": r["questionId"], "answer": r["answer"]} for r in records]
+        records = _gather_json(path, records)
+        if records is None:  # Not host 0.
+            return
+        _dump_json(path, records)
+        self.outputs = {"predictions": path}
+        if self.report:
+            from pg_jax import report
+
+            html = os.path.join(self.workdir, f"{self.stem}.html")
+            report.write_html(
+                html,
+                self.records if jax.process_count() == 1 else records,
+                thumbs,
+                metrics=metrics,
+                title=self.prefix,
+                max_rows=self.report_rows,
+            )
+            self.outputs["report"] = html
+
+
+def _dump_json(path: str, obj) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, ensure_ascii=False)
+    os.replace(tmp, path)  # Atomic: a reader never sees half a file.
+
+
+def _gather_json(path: str, records: list[dict]) -> list[dict] | None:
+    """All hosts' records on host 0 (None elsewhere), through per-host files in the workdir.
+
+    The workdir is shared by all hosts (it holds the checkpoints too), so files are the
+    simplest channel for variable-length strings.
+    """
+    if jax.process_count() == 1:
+        return records
+    from jax.experimental import multihost_utils
+
+    _dump_json(f"{path}.part{jax.process_index()}", records)
+    multihost_utils.sync_global_devices(f"vqa_json:{path}")
+    if jax.process_index() != 0:
+        return None
+    merged = []
+    for i in range(jax.process_count()):
+        with open(f"{path}.part{i}") as f:
+            merged += json.load(f)
+        os.remove(f"{path}.part{i}")
+    return sorted(merged, key=lambda r: r["questionId"])

@@ -1,0 +1,268 @@
+r"""Decode throughput: pg_jax.decode vs transformers' generate, same random PaliGemma weights.
+
+For each resolution and batch size: examples/s for prefill + N-token greedy decode (N=16
+by default, no early eos stop on either side), the prefill alone, and the per-token extend
+latency ((time of 1+N tokens - time of 1 token) / N). At batch 1 the per-token latency is
+compared with the memory-bandwidth bound: every extend step reads all LLM weights (the tied
+embedding doubles as the output head), so bound = LLM weight bytes / HBM bandwidth.
+
+GPU (the H100 numbers in BENCHMARKS.md)::
+
+    python scripts/bench_decode.py --out /tmp/bench_decode.json
+CPU smoke test (seconds)::
+
+    python scripts/bench_decode.py --variant tiny_pg1 --res 224 --batch 1 2 --dtype float32 \
+        --iters 1 --out /tmp/bench_smoke.json
+
+Weights: random normal pg_jax params in the benchmark dtype, exported with
+``pg_jax.models.exporter.save_hf`` and loaded by ``PaliGemmaForConditionalGeneration``, so both
+sides run the same weights (the script also reports whether their greedy tokens agree).
+Needs jax (with CUDA on GPU), torch and transformers; NOT TensorFlow (the GPU machine has none).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+
+# JAX must not grab 75% of the GPU up front: transformers needs memory in the same process.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pg_jax.decode import decode
+from pg_jax.models import exporter, paligemma, variants
+from pg_jax.models.loader import param_shapes
+
+NEWLINE, BOS = 108, 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Model and inputs.
+# ---------------------------------------------------------------------------------------------
+def random_params(model: paligemma.Model, dtype, seed: int = 0) -> dict:
+    """Normal(0, 0.02) params in ``dtype``, generated on the device (a 3B model never on host)."""
+    shapes = param_shapes(model)
+    key = jax.random.PRNGKey(seed)
+    flat = {}
+    for i, (name, s) in enumerate(sorted(shapes.items())):
+        # Norm scales at 0 (Gemma's RMSNorm multiplies by 1 + scale): keeps activations tame.
+        if name.endswith(("scale", "bias")):
+            flat[name] = jnp.zeros(s.shape, dtype)
+        else:
+            flat[name] = jax.random.normal(jax.random.fold_in(key, i), s.shape, dtype) * 0.02
+    return flax.traverse_util.unflatten_dict(flat, sep="/")
+
+
+def make_inputs(batch: int, res: int, prompt_len: int, vocab: int, seed: int = 0) -> dict:
+    """Random image and ``[bos] prompt "\\n"`` of ``prompt_len`` tokens (numpy)."""
+    rng = np.random.default_rng(seed)
+    image = rng.uniform(-1, 1, (batch, res, res, 3)).astype(np.float32)
+    text = rng.integers(3, min(vocab, 30_000), (batch, prompt_len)).astype(np.int32)
+    text[:, 0], text[:, -1] = BOS, NEWLINE if vocab > NEWLINE else 3
+    return {"image": image, "text": text}
+
+
+def llm_weight_bytes(params: dict) -> int:
+    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params["llm"]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Timers: median of `iters` runs after `warmup` runs (compilation, autotuning, allocator).
+# ---------------------------------------------------------------------------------------------
+def _median_time(fn, iters: int, warmup: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def bench_pg_jax(model, params, inputs, steps: int, iters: int, warmup: int) -> dict:
+    batch = {"image": jnp.asarray(inputs["image"], params["img"]["embedding"]["kernel"].dtype),
+             "text": jnp.asarray(inputs["text"])}  # fmt: skip
+
+    def run(n):  # eos_id=-1: no row ever stops early, both sides decode exactly n tokens.
+        return lambda: decode(model, params, batch, max_decode_len=n, eos_id=-1).block_until_ready()
+
+    t_full = _median_time(run(steps), iters, warmup)
+    t_one = _median_time(run(1), iters, warmup)
+    t_more = _median_time(run(steps + 1), iters, warmup)
+    tokens = np.asarray(decode(model, params, batch, max_decode_len=steps, eos_id=-1))
+    return {"seconds": t_full, "prefill_seconds": t_one,
+            "per_token_ms": 1e3 * (t_more - t_one) / steps, "tokens": tokens}  # fmt: skip
+
+
+def load_hf(hf_dir: str, dtype: str):
+    import torch
+    from transformers import PaliGemmaForConditionalGeneration
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = PaliGemmaForConditionalGeneration.from_pretrained(hf_dir, dtype=getattr(torch, dtype))
+    return model.to(device).eval(), device
+
+
+def bench_hf(model, device, inputs, num_image_tokens, vocab, steps, iters, warmup) -> dict:
+    import torch
+
+    b = inputs["text"].shape[0]
+    ids = np.concatenate([np.full((b, num_image_tokens), vocab), inputs["text"]], axis=1)
+    dtype = next(model.parameters()).dtype
+    kw = {
+        "input_ids": torch.tensor(ids, dtype=torch.long, device=device),
+        "token_type_ids": torch.zeros(ids.shape, dtype=torch.long, device=device),
+        "attention_mask": torch.ones(ids.shape, dtype=torch.long, device=device),
+        "pixel_values": torch.tensor(inputs["image"].transpose(0, 3, 1, 2), dtype=dtype,
+                                  device=device),
+        "do_sample": False,
+        # HF pads the vocabulary for <image>; those ids have no pg_jax counterpart.
+        "suppress_tokens": list(range(vocab, model.config.text_config.vocab_size)),
+    }  # fmt: skip
+
+    def run(n):
+        def fn():
+            with torch.inference_mode():
+                out = model.generate(**kw, max_new_tokens=n, min_new_tokens=n)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            return out
+
+        return fn
+
+    t_full = _median_time(run(steps), iters, warmup)
+    t_one = _median_time(run(1), iters, warmup)
+    t_more = _median_time(run(steps + 1), iters, warmup)
+    tokens = run(steps)()[:, ids.shape[1] :].cpu().numpy()
+    return {"seconds": t_full, "prefill_seconds": t_one,
+            "per_token_ms": 1e3 * (t_more - t_one) / steps, "tokens": tokens}  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# Main.
+# ---------------------------------------------------------------------------------------------
+def _device_info() -> dict:
+    info = {"jax_device": jax.devices()[0].device_kind, "jax_backend": jax.default_backend(),
+            "jax": jax.__version__, "host": platform.node()}  # fmt: skip
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["torch_device"] = (torch.cuda.get_device_name() if torch.cuda.is_available()
+                                else "cpu")  # fmt: skip
+    except ImportError:
+        pass
+    return info
+
+
+def _table(rows: list[dict], bound_ms: dict) -> str:
+    head = (
+        "| res | batch | pg_jax ex/s | HF ex/s | speed-up | pg_jax prefill ms | HF prefill ms "
+        "| pg_jax ms/token | HF ms/token | bound ms/token | tokens agree |"
+    )
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        hf = r.get("hf") or {}
+        fmt = lambda v, f="{:.1f}": f.format(v) if v is not None else "-"
+        lines.append(
+            f"| {r['res']} | {r['batch']} | {fmt(r['pg_jax']['examples_per_sec'])} "
+            f"| {fmt(hf.get('examples_per_sec'))} | {fmt(r.get('speedup'), '{:.2f}x')} "
+            f"| {fmt(1e3 * r['pg_jax']['prefill_seconds'])} "
+            f"| {fmt(1e3 * hf['prefill_seconds'] if hf else None)} "
+            f"| {fmt(r['pg_jax']['per_token_ms'], '{:.2f}')} "
+            f"| {fmt(hf.get('per_token_ms'), '{:.2f}')} "
+            f"| {fmt(bound_ms[r['res']] if r['batch'] == 1 else None, '{:.2f}')} "
+            f"| {fmt(r.get('tokens_agree'), '{:.0%}')} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 1)[1])  # fmt: skip
+    p.add_argument("--variant", default="pg1_3b", help="pg_jax.models.variants name")
+    p.add_argument("--res", type=int, nargs="+", default=[224, 448])
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 16])
+    p.add_argument("--decode_len", type=int, default=16, help="generated tokens per example")
+    p.add_argument("--prompt_len", type=int, default=16, help="[bos] question \\n tokens")
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    p.add_argument("--attention_impl", default="einsum", help="pg_jax: einsum | xla | cudnn")
+    p.add_argument("--iters", type=int, default=5, help="timed runs per measurement (median)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed runs first (compile, tune)")
+    p.add_argument("--hbm_gbps", type=float, default=3350.0, help="HBM bandwidth, GB/s (H100)")
+    p.add_argument("--skip_hf", action="store_true", help="pg_jax only")
+    p.add_argument("--out", required=True, help="JSON results file")
+    a = p.parse_args(argv)
+
+    info = _device_info()
+    print(f"devices: {info}", flush=True)
+    results = {"args": vars(a), "device": info, "date": time.strftime("%Y-%m-%d %H:%M"),
+               "rows": [], "bound_ms_per_token": {}}  # fmt: skip
+    rows = results["rows"]
+    for res in a.res:
+        cfg = variants.get_config(
+            a.variant,
+            res=res,
+            vocab_size=variants.REAL_VOCAB,
+            dtype=a.dtype,
+            attention_impl=a.attention_impl,
+        ).to_dict()
+        model = paligemma.Model(**cfg)
+        params = random_params(model, jnp.dtype(a.dtype))
+        weight_bytes = llm_weight_bytes(params)
+        bound = 1e3 * weight_bytes / (a.hbm_gbps * 1e9)
+        results["bound_ms_per_token"][res] = bound
+        results["llm_weight_bytes"] = weight_bytes
+        hf = None
+        if not a.skip_hf:
+            # Export before benchmarking: the HF side loads exactly these weights.
+            with tempfile.TemporaryDirectory() as d:
+                exporter.save_hf({"img": cfg["img"], "llm": cfg["llm"]}, params, d, dtype=a.dtype)
+                hf = load_hf(d, a.dtype)
+        for b in a.batch:
+            inputs = make_inputs(b, res, a.prompt_len, variants.REAL_VOCAB)
+            row = {"res": res, "batch": b}
+            r = bench_pg_jax(model, params, inputs, a.decode_len, a.iters, a.warmup)
+            ours = r.pop("tokens")
+            r["examples_per_sec"] = b / r["seconds"]
+            row["pg_jax"] = r
+            if hf is not None:
+                h = bench_hf(*hf, inputs, model.num_image_tokens, variants.REAL_VOCAB,
+                             a.decode_len, a.iters, a.warmup)  # fmt: skip
+                theirs = h.pop("tokens")
+                h["examples_per_sec"] = b / h["seconds"]
+                row["hf"] = h
+                row["speedup"] = r["examples_per_sec"] / h["examples_per_sec"]
+                # bf16 numerics differ between the two; a low agreement flags a real mismatch.
+                row["tokens_agree"] = float(np.mean(ours == theirs))
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+        del params, hf
+        if not a.skip_hf:
+            import torch
+
+            torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    table = _table(rows, results["bound_ms_per_token"])
+    results["table"] = table
+    print(f"\n{info['jax_device']} ({a.variant}, {a.dtype}, prompt {a.prompt_len} tokens, "
+          f"{a.decode_len} decoded)\n{table}")  # fmt: skip
+    with open(a.out, "w") as f:
+        json.dump(results, f, indent=1)
+    assert "tensorflow" not in sys.modules, "bench_decode must run without TensorFlow"
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

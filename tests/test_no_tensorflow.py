@@ -1,0 +1,27 @@
+"""The GPU machine has no TensorFlow: decoding, predict and the decode benchmark must not need it."""
+
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CHECK = (
+    "import sys, importlib.util\n"
+    "spec = importlib.util.spec_from_file_location('bench', 'scripts/bench_decode.py')\n"
+    "spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
+    "import pg_jax.predict, pg_jax.predict_fns, pg_jax.report, pg_jax.evaluators.anls\n"
+    "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'\n"
+)
+
+
+def test_inference_modules_do_not_import_tensorflow():
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    # A meta-path blocker makes any tensorflow import fail loudly, even an indirect one.
+    blocker = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'tensorflow': raise ImportError('tensorflow blocked')\n"
+        "sys.meta_path.insert(0, Block())\n"
+    )
+    subprocess.run([sys.executable, "-c", blocker + CHECK], cwd=ROOT, env=env, check=True)

@@ -1,0 +1,121 @@
+"""The vqa evaluator, its predictions JSON and HTML report, on a tiny synthetic split."""
+
+import base64
+import html
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+
+from pg_jax.evaluators import anls, common
+from pg_jax.pp.tokenizer import Tokenizer
+from tests import tiny_model
+
+RES = 28  # 2x2 patches of 14: the smallest image the tiny ViT takes.
+
+
+@pytest.fixture(scope="module")
+def model_and_params():
+    return tiny_model.make("tiny_pg1", res=RES, vocab_size=Tokenizer().vocab_size)
+
+
+def _evaluator(model, synth, workdir, split="val", limit=6, **kw):
+    data = {"name": "docvqa_json", "path": os.path.join(synth, "docvqa"), "split": split}
+    evals = {
+        f"docvqa/{split}": {
+            "type": "vqa",
+            "every_steps": 10,
+            "data": {**data, "limit": limit},
+            "text_len": 24,
+            "batch_size": 4,  # 6 questions: the second batch is padded with 2 masked rows.
+            "pred_kw": {"max_decode_len": 5},
+            **kw,
+        }
+    }
+    ((evaluator, every),) = common.from_config(
+        evals, model=model, tokenizer=None, workdir=workdir
+    ).values()
+    assert every == 10
+    return evaluator
+
+
+def test_random_model_predictions_json_and_report(model_and_params, synth, tmp_path):
+    model, params = model_and_params
+    ev = _evaluator(model, synth, str(tmp_path), report=True)
+    metrics = dict(ev.run({"params": params}))  # a train state is accepted too
+    assert metrics["docvqa/val/num"] == 6
+
+    with open(tmp_path / "docvqa_val.json") as f:
+        records = json.load(f)
+    assert len(records) == 6 and len({r["questionId"] for r in records}) == 6
+    for r in records:
+        assert set(r) == {"questionId", "answer", "question", "answers", "question_types", "anls"}
+        assert r["answers"] and r["question"].endswith("?") and r["question_types"]
+        assert r["anls"] == anls.anls(r["answer"], r["answers"])
+    mean = sum(r["anls"] for r in records) / 6
+    assert metrics["docvqa/val/anls"] == pytest.approx(mean)
+
+    page = (tmp_path / "docvqa_val.html").read_text()
+    for r in records:
+        assert html.escape(r["question"]) in page
+    # 6 page thumbnails + 2 summary plots, all valid PNGs.
+    pngs = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    assert len(pngs) == 8
+    assert all(base64.b64decode(p).startswith(b"\x89PNG") for p in pngs)
+
+
+def test_scores_per_type_and_worst_first(model_and_params, synth, tmp_path):
+    """A fake predict fn answers every other question right: exact scores, ordering, types."""
+    model, params = model_and_params
+    ev = _evaluator(model, synth, str(tmp_path), report=True)
+    tok = ev.tok
+    seen = []
+
+    def fake_predict(params, batch, *, max_decode_len, eos_id):
+        out = np.zeros((len(batch["text"]), max_decode_len), np.int32)
+        for i, answers in enumerate(batch["answers"]):
+            right = len(seen) % 2 == 0
+            seen.append(right)
+            text = answers[0].decode() if right else "zzzz"
+            ids = (tok.encode(text) + [eos_id])[:max_decode_len]
+            out[i, : len(ids)] = ids
+        return out
+
+    ev.predict = fake_predict
+    metrics = dict(ev.run(params))
+    records = ev.records
+    right = [r for r in records if r["anls"] == 1.0]
+    assert len(right) == 3 and len(records) == 6  # padded rows are not scored
+    assert metrics["docvqa/val/anls"] == pytest.approx(0.5)
+    assert metrics["docvqa/val/exact_match"] == pytest.approx(0.5)
+    for t in {t for r in records for t in r["question_types"]}:
+        of_type = [r["anls"] for r in records if t in r["question_types"]]
+        assert metrics[f"docvqa/val/anls/{t}"] == pytest.approx(np.mean(of_type))
+    # The report lists the wrong answers first.
+    page = (tmp_path / "docvqa_val.html").read_text()
+    order = [int(q) for q in re.findall(r'<div class="types">#(\d+)', page)]
+    scores = {r["questionId"]: r["anls"] for r in records}
+    assert [scores[q] for q in order] == sorted(scores[q] for q in order)
+
+
+def test_split_without_answers_writes_test_server_json(model_and_params, synth, tmp_path):
+    model, params = model_and_params
+    ev = _evaluator(model, synth, str(tmp_path), split="test", limit=5)
+    metrics = dict(ev.run(params))
+    assert metrics["docvqa/test/num"] == 5
+    assert "docvqa/test/anls" not in metrics
+    with open(tmp_path / "docvqa_test.json") as f:
+        records = json.load(f)
+    assert len(records) == 5
+    for r in records:
+        assert set(r) == {"questionId", "answer"}
+        assert isinstance(r["questionId"], int) and isinstance(r["answer"], str)
+    assert not (tmp_path / "docvqa_test.html").exists()  # report is off by default
+
+
+def test_refuses_a_tokenizer_that_does_not_fit(synth, tmp_path):
+    model, _ = tiny_model.make("tiny_pg1", res=RES, vocab_size=500)
+    with pytest.raises(ValueError, match=r"2413 pieces but the model has a vocabulary of 500"):
+        _evaluator(model, synth, str(tmp_path))
