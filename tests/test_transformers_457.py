@@ -1,5 +1,8 @@
 """An HF export also loads in transformers 4.57 (the last 4.x), with the same logits.
 
+transformers 4.x builds PaliGemma's prefix-LM mask only when labels are passed
+(its "training" path); the script passes them.
+
 Slow: installs transformers 4.57 into a separate directory that shadows the
 5.x install for one subprocess. Run with ``pytest -m slow``.
 """
@@ -26,8 +29,11 @@ n_img, vocab = int(inputs["n_img"]), int(inputs["vocab"])
 b = inputs["text"].shape[0]
 ids = np.concatenate([np.full((b, n_img), vocab), inputs["text"]], 1)
 types = np.concatenate([np.zeros((b, n_img)), inputs["mask_ar"]], 1)
+# 4.x applies the prefix-LM mask only when labels are given ("training");
+# without them the whole sequence is bidirectional.
 with torch.no_grad():
     logits = model(input_ids=torch.tensor(ids), token_type_ids=torch.tensor(types).long(),
+                   labels=torch.tensor(ids),
                    attention_mask=torch.ones(ids.shape, dtype=torch.long),
                    pixel_values=torch.tensor(inputs["image"].transpose(0, 3, 1, 2))).logits
 print(json.dumps({"version": transformers.__version__,

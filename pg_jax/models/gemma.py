@@ -240,6 +240,10 @@ class Model(nn.Module):
     attention_impl: str = "einsum"
     remat_policy: str = "none"
     scan_unroll: int = 1
+    # False: one parameter subtree per layer ("layers_0", ...; see
+    # unstack_layers). Decoding uses it: slicing stacked weights inside a loop
+    # makes XLA copy every layer's weights on every generated token.
+    scan: bool = True
 
     def setup(self):
         self.embedder = Embedder(self.vocab_size, self.width)
@@ -248,14 +252,7 @@ class Model(nn.Module):
             block = nn.remat(
                 block, prevent_cse=False, policy=getattr(jax.checkpoint_policies, self.remat_policy)
             )
-        self.layers = nn.scan(
-            block,
-            variable_axes={"params": 0},
-            split_rngs={"params": True},
-            in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
-            length=self.depth,
-            unroll=self.scan_unroll,
-        )(
+        block_args = (
             self.num_heads,
             self.num_kv_heads,
             self.head_dim,
@@ -266,6 +263,17 @@ class Model(nn.Module):
             self.sliding_window,
             self.attention_impl,
         )
+        if self.scan:
+            self.layers = nn.scan(
+                block,
+                variable_axes={"params": 0},
+                split_rngs={"params": True},
+                in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+                length=self.depth,
+                unroll=self.scan_unroll,
+            )(*block_args)
+        else:
+            self.layers = [block(*block_args, name=f"layers_{i}") for i in range(self.depth)]
         self.final_norm = RMSNorm()
 
     def embed_tokens(self, tokens: jax.Array) -> jax.Array:
@@ -302,10 +310,21 @@ class Model(nn.Module):
         else:
             layer_kv = (kv_cache["k"], kv_cache["v"])
             key_positions = kv_cache["pos"]
-        x, (k, v) = self.layers(
-            x, (layer_kv, is_sliding), positions, key_positions, attn_mask, cache_index
-        )
-        return self.final_norm(x), {"k": k, "v": v}
+        if self.scan:
+            x, (k, v) = self.layers(
+                x, (layer_kv, is_sliding), positions, key_positions, attn_mask, cache_index
+            )
+            return self.final_norm(x), {"k": k, "v": v}
+        # Unstacked layers: the cache is a tuple of per-layer arrays (or stacked).
+        ks, vs = [], []
+        for i, layer in enumerate(self.layers):
+            kv_i = None if layer_kv is None else (layer_kv[0][i], layer_kv[1][i])
+            x, (k, v) = layer(
+                x, (kv_i, is_sliding[i]), positions, key_positions, attn_mask, cache_index
+            )
+            ks.append(k)
+            vs.append(v)
+        return self.final_norm(x), {"k": tuple(ks), "v": tuple(vs)}
 
     def compute_logits(self, pre_logits: jax.Array) -> jax.Array:
         """float[..., D] -> float32[..., V] through the tied embedding."""
@@ -313,3 +332,12 @@ class Model(nn.Module):
         if self.final_logits_softcap:
             logits = jnp.tanh(logits / self.final_logits_softcap) * self.final_logits_softcap
         return logits
+
+
+def unstack_layers(llm_params: dict, depth: int) -> dict:
+    """Stacked ``layers/...[L, ...]`` -> ``layers_{i}/...`` for ``Model(scan=False)``."""
+    params = dict(llm_params)
+    stacked = params.pop("layers")
+    for i in range(depth):
+        params[f"layers_{i}"] = jax.tree.map(lambda x, i=i: x[i], stacked)
+    return params
