@@ -181,6 +181,8 @@ _DOC_TYPES = ("invoice", "form", "receipt", "letter", "table")
 def _page_spec(rng: random.Random, difficulty: str) -> PageSpec:
     """Draws one page's content and its questions."""
     hard = difficulty == "hard"
+    if difficulty == "demo":
+        return _demo_spec(rng)
     doc_type = rng.choice(_DOC_TYPES)
     title = doc_type.upper()
     # Half the pages also ask for the document type: its answer varies by page too.
@@ -216,6 +218,23 @@ def _page_spec(rng: random.Random, difficulty: str) -> PageSpec:
     return PageSpec(doc_type, title, lines, qas, table)
 
 
+def _demo_spec(rng: random.Random) -> PageSpec:
+    """The trainer's embedded demo: a title and three "Label: NN" lines, 2-digit answers.
+
+    Shaped for a tiny ViT at 112 px to learn in about a CPU minute: every answer is a two-digit
+    number (or the document type) printed in very large type, so the glyphs stay ~14 px tall
+    after the 4x downscale.
+    """
+    doc_type = rng.choice(_DOC_TYPES[:4])
+    qas = [QA("What type of document is this?", [doc_type], ["layout"])]
+    lines = []
+    for label, phrasings, _, _, qtype in rng.sample(_FIELDS[doc_type], 3):
+        value = str(rng.randint(10, 99))
+        lines.append(f"{label}: {value}")
+        qas.append(QA(phrasings[0], [value], [qtype]))
+    return PageSpec(doc_type, doc_type.upper(), lines, qas)
+
+
 # ---------------------------------------------------------------------------------------------
 # Rendering. PIL's embedded default font (FreeType, Pillow >= 10.1) keeps pages identical on
 # every machine with the same Pillow, unlike system fonts.
@@ -234,7 +253,7 @@ def _render(spec: PageSpec, rng: random.Random, difficulty: str) -> Image.Image:
     """Draws a page: a title, then one line per field (or a two-column table)."""
     hard = difficulty == "hard"
     w, h = (850, 1100) if hard else (448, 448)
-    size = rng.randint(18, 26) if hard else 34
+    size = rng.randint(18, 26) if hard else (52 if difficulty == "demo" else 34)
     img = Image.new("L" if hard else "RGB", (w, h), 255 if hard else (255, 255, 255))
     draw = ImageDraw.Draw(img)
     x0 = rng.randint(20, 60) if hard else rng.randint(16, 40)
@@ -242,6 +261,8 @@ def _render(spec: PageSpec, rng: random.Random, difficulty: str) -> Image.Image:
     draw.text((x0, y), spec.title, font=_font(size + 8), fill=0, stroke_width=1, stroke_fill=0)
     y += size + 8 + rng.randint(20, 40 if hard else 28)
     step = size + (rng.randint(8, 30) if hard else rng.randint(22, 36))
+    if difficulty == "demo":  # Three very large lines must fit the 448 px page.
+        y, step = y - 12, size + rng.randint(20, 30)
     if spec.table is not None:
         draw.text((x0, y), "Item", font=_font(size), fill=0)
         col = x0 + (w - 2 * x0) // 2
@@ -279,7 +300,7 @@ def make_page(
       seed: data set seed.
       split: one of SPLITS.
       index: page index within the split.
-      difficulty: "easy" or "hard".
+      difficulty: "easy", "hard" or "demo" (the trainer's embedded default, see _demo_spec).
 
     Returns:
       (PNG bytes, the page spec with its questions and answers).
@@ -432,7 +453,7 @@ def generate(
       seed: data set seed; the output is a pure function of (seed, num_pages, difficulty).
       num_pages: train pages; validation and test get max(20, num_pages // 10) each.
       fmt: "docvqa-json", "hf-parquet" or "both".
-      difficulty: "easy" or "hard".
+      difficulty: "easy", "hard" or "demo" (the trainer's embedded default, see _demo_spec).
       workers: rendering processes (default: CPU count).
 
     Returns:
@@ -440,7 +461,7 @@ def generate(
     """
     if fmt not in ("docvqa-json", "hf-parquet", "both"):
         raise ValueError(f"Unknown format {fmt!r}.")
-    if difficulty not in ("easy", "hard"):
+    if difficulty not in ("easy", "hard", "demo"):
         raise ValueError(f"Unknown difficulty {difficulty!r}.")
     t0 = time.time()
     os.makedirs(out, exist_ok=True)
@@ -510,7 +531,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num_pages", type=int, default=2000, help="train pages (val/test: 1/10)")
     p.add_argument("--format", default="both", choices=["docvqa-json", "hf-parquet", "both"])
-    p.add_argument("--difficulty", default="easy", choices=["easy", "hard"])
+    p.add_argument("--difficulty", default="easy", choices=["easy", "hard", "demo"])
     p.add_argument("--workers", type=int, default=None)
     a = p.parse_args(argv)
     summary = generate(
