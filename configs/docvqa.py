@@ -43,13 +43,18 @@ DEMO_NOTE = "measured on a shared 2-core CPU; see the docstring of get_config"
 def _data_source(path: str, split: str) -> dict:
     """A data.get(...) spec for a path: prepared cache, HF parquet dir or DocVQA JSON release."""
     if not path:
-        return dict(name="docvqa_json", path="synthetic", split=split)  # resolved by the trainer
+        return {
+            "name": "docvqa_json",
+            "path": "synthetic",
+            "split": split,
+        }  # resolved by the trainer
     if os.path.exists(os.path.join(path, "manifest.json")):
-        return dict(name="docvqa_prepared", path=path)
-    if os.path.isdir(path) and any(f.endswith(".parquet") for _, _, fs in os.walk(path)
-                                   for f in fs):
-        return dict(name="docvqa_hf", path=path, split=split)
-    return dict(name="docvqa_json", path=path, split=split)
+        return {"name": "docvqa_prepared", "path": path}
+    if os.path.isdir(path) and any(
+        f.endswith(".parquet") for _, _, fs in os.walk(path) for f in fs
+    ):
+        return {"name": "docvqa_hf", "path": path, "split": split}
+    return {"name": "docvqa_json", "path": path, "split": split}
 
 
 def training_data(c) -> ml_collections.ConfigDict:
@@ -75,22 +80,37 @@ def add_evals(c, cfg) -> None:
         data.pop("limit", None)
     every = 0 if c.demo else 500
     cfg.evals = {}
-    cfg.evals["docvqa/val/pplx"] = dict(
-        type="perplexity", every_steps=every, data=data, res=c.res, text_len=c.text_len,
-        batch_size=64 if c.demo else 16, loss_len=cfg.loss_len,
-    )
+    cfg.evals["docvqa/val/pplx"] = {
+        "type": "perplexity",
+        "every_steps": every,
+        "data": data,
+        "res": c.res,
+        "text_len": c.text_len,
+        "batch_size": 64 if c.demo else 16,
+        "loss_len": cfg.loss_len,
+    }
     # TODO(lead): drop the guard once pg_jax/evaluators/vqa.py is merged.
     if importlib.util.find_spec("pg_jax.evaluators.vqa") is not None:
-        cfg.evals["docvqa/val"] = dict(
-            type="vqa", every_steps=every, data=data, res=c.res, text_len=c.text_len,
-            batch_size=64 if c.demo else 16, max_decode_len=8 if c.demo else c.text_len,
-        )
+        cfg.evals["docvqa/val"] = {
+            "type": "vqa",
+            "every_steps": every,
+            "data": data,
+            "res": c.res,
+            "text_len": c.text_len,
+            "batch_size": 64 if c.demo else 16,
+            "max_decode_len": 8 if c.demo else c.text_len,
+        }
     else:  # Stop-gap until then: greedy decode, exact match and ANLS (pg_jax/evaluators/quick.py).
-        cfg.evals["docvqa/val/quick"] = dict(
-            type="quick", every_steps=every, data=data, res=c.res, text_len=c.text_len,
-            batch_size=64 if c.demo else 16, max_decode_len=8 if c.demo else c.text_len,
-            baseline_data=training_data(c).data.to_dict(),
-        )
+        cfg.evals["docvqa/val/quick"] = {
+            "type": "quick",
+            "every_steps": every,
+            "data": data,
+            "res": c.res,
+            "text_len": c.text_len,
+            "batch_size": 64 if c.demo else 16,
+            "max_decode_len": 8 if c.demo else c.text_len,
+            "baseline_data": training_data(c).data.to_dict(),
+        }
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -105,8 +125,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     Returns:
       The ConfigDict read by ``pg_jax.train``.
     """
-    c = parse_arg(arg, res=0, variant="tiny_pg1", ckpt="", tokenizer="", data="", eval_data="",
-                  freeze="attn", mode="full", text_len=0, dtype="auto")
+    c = parse_arg(
+        arg,
+        res=0,
+        variant="tiny_pg1",
+        ckpt="",
+        tokenizer="",
+        data="",
+        eval_data="",
+        freeze="attn",
+        mode="full",
+        text_len=0,
+        dtype="auto",
+    )
     if c.mode not in ("full", "runlocal"):
         raise ValueError(f"mode={c.mode!r}: expected full or runlocal")
     c.demo = not c.ckpt and not c.data
@@ -139,9 +170,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     # Optimizer (big_vision DocVQA: Adam b2=0.999, lr 1e-5, cosine, 5% warm-up, clip 1, wd 1e-6).
     cfg.freeze = c.freeze
-    cfg.schedule = _schedule(c.freeze, dict(decay_type="cosine", warmup_percent=0.05))
+    cfg.schedule = _schedule(c.freeze, {"decay_type": "cosine", "warmup_percent": 0.05})
     cfg.optax_name = "adam"
-    cfg.optax = dict(b2=0.999)
+    cfg.optax = {"b2": 0.999}
     cfg.lr = 1e-3 if c.demo else 1e-5
     cfg.wd = 1e-6
     cfg.wd_mults = [(".*/kernel$", 1.0), (".*_einsum/w$", 1.0)]
@@ -166,7 +197,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         pre.pretrain = None
         pre.freeze = "full"
         pre.demo = False  # no banner, no before/after table for the first stage
-        pre.schedule = _schedule("full", dict(decay_type="cosine", warmup_percent=0.04))
+        pre.schedule = _schedule("full", {"decay_type": "cosine", "warmup_percent": 0.04})
         pre.total_steps = 2 if c.mode == "runlocal" else 500
         pre.lr = 2e-3
         pre.evals = {}  # the second stage reports before/after
@@ -189,4 +220,9 @@ def _schedule(freeze: str, sched: dict) -> list:
 def metrics(arg: str | None = None) -> list[str]:
     """Keys worth plotting."""
     del arg
-    return ["training_loss", "docvqa/val/pplx/loss", "docvqa/val/anls", "docvqa/val/quick/anls"]
+    return [
+        "training_loss",
+        "docvqa/val/pplx/loss",
+        "docvqa/val/anls",
+        "docvqa/val/quick/anls",
+    ]

@@ -14,9 +14,18 @@ import numpy as np
 
 # Dense bf16/fp16 peak FLOP/s per chip, matched against jax's device_kind (first match wins).
 PEAK_FLOPS = [
-    ("H200", 989e12), ("H100", 989e12), ("A100", 312e12), ("L4", 121e12), ("A10", 125e12),
-    ("V100", 125e12), ("T4", 65e12), ("P100", 18.7e12),
-    ("TPU v6", 918e12), ("TPU v5p", 459e12), ("TPU v5", 197e12), ("TPU v4", 275e12),
+    ("H200", 989e12),
+    ("H100", 989e12),
+    ("A100", 312e12),
+    ("L4", 121e12),
+    ("A10", 125e12),
+    ("V100", 125e12),
+    ("T4", 65e12),
+    ("P100", 18.7e12),
+    ("TPU v6", 918e12),
+    ("TPU v5p", 459e12),
+    ("TPU v5", 197e12),
+    ("TPU v4", 275e12),
 ]
 
 
@@ -75,7 +84,11 @@ def memory_report(compiled, device) -> tuple[str, float | None, float | None]:
         return f"  memory analysis unavailable: {e}", None, None
     if m is None:
         return "  memory analysis unavailable on this backend", None, None
-    arg, out, tmp = m.argument_size_in_bytes, m.output_size_in_bytes, m.temp_size_in_bytes
+    arg, out, tmp = (
+        m.argument_size_in_bytes,
+        m.output_size_in_bytes,
+        m.temp_size_in_bytes,
+    )
     alias = m.alias_size_in_bytes  # donated inputs reused as outputs
     code = m.generated_code_size_in_bytes
     peak = arg + out - alias + tmp + code
@@ -83,14 +96,21 @@ def memory_report(compiled, device) -> tuple[str, float | None, float | None]:
     stats = device.memory_stats() if hasattr(device, "memory_stats") else None
     if stats and "bytes_limit" in stats:
         limit = stats["bytes_limit"]
-    text = (f"  arguments {_gib(arg)}, outputs {_gib(out)} (aliased {_gib(alias)}), "
-            f"temporaries {_gib(tmp)}, code {_gib(code)} -> predicted peak {_gib(peak)} per device"
-            + (f" of {_gib(limit)}" if limit else " (device memory unknown)"))
+    text = (
+        f"  arguments {_gib(arg)}, outputs {_gib(out)} (aliased {_gib(alias)}), "
+        f"temporaries {_gib(tmp)}, code {_gib(code)} -> predicted peak {_gib(peak)} per device"
+        + (f" of {_gib(limit)}" if limit else " (device memory unknown)")
+    )
     return text, peak, limit
 
 
-def train_flops_per_example(model_cfg: dict, flat_params: dict, trainable: tuple[str, ...],
-                            text_len: int, loss_len: int) -> float:
+def train_flops_per_example(
+    model_cfg: dict,
+    flat_params: dict,
+    trainable: tuple[str, ...],
+    text_len: int,
+    loss_len: int,
+) -> float:
     """Model FLOPs of one training example (see the module docstring).
 
     Args:
@@ -106,7 +126,7 @@ def train_flops_per_example(model_cfg: dict, flat_params: dict, trainable: tuple
     img, llm = model_cfg["img"], model_cfg["llm"]
     patches = (img["image_size"] // img["patch_size"]) ** 2
     keys = set(trainable)
-    size = lambda k: int(np.prod(flat_params[k].shape))  # noqa: E731
+    size = lambda k: int(np.prod(flat_params[k].shape))
     vit_trains = any(k.startswith("img/") for k in keys)
     flops = 0.0
     for k in flat_params:

@@ -67,8 +67,9 @@ class Checkpointer:
             return False
         return self.manager.save(
             step,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                    data=ocp.args.JsonSave(data)),
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data)
+            ),
             force=True,
         )
 
@@ -84,8 +85,10 @@ class Checkpointer:
         """
         restored = self.manager.restore(
             step,
-            args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
-                                    data=ocp.args.JsonRestore()),
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state),
+                data=ocp.args.JsonRestore(),
+            ),
         )
         return restored.state, restored.data
 
@@ -100,7 +103,10 @@ class Checkpointer:
 
 def savable(train_state: dict, trainable: tuple[str, ...]) -> dict:
     """What goes into a checkpoint: trainable params (flat), optimizer state, loss scale."""
-    out = {"params": optim.split(train_state["params"], trainable)[0], "opt": train_state["opt"]}
+    out = {
+        "params": optim.split(train_state["params"], trainable)[0],
+        "opt": train_state["opt"],
+    }
     if "loss_scale" in train_state:
         out["loss_scale"] = train_state["loss_scale"]
     return out
@@ -109,7 +115,8 @@ def savable(train_state: dict, trainable: tuple[str, ...]) -> dict:
 def abstract(tree):
     """ShapeDtypeStructs with the shardings of a tree of jax.Arrays (a restore target)."""
     return jax.tree_util.tree_map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree
+    )
 
 
 def restore_into(train_state: dict, saved: dict, trainable: tuple[str, ...]) -> dict:
@@ -137,8 +144,10 @@ class Preemption:
 
     def _handle(self, signum, frame):
         del frame
-        logging.warning("Signal %d received: saving a checkpoint after this step, then exiting.",
-                        signum)
+        logging.getLogger(__name__).warning(
+            "Signal %d received: saving a checkpoint after this step, then exiting.",
+            signum,
+        )
         self.requested = True
 
     def restore_handler(self) -> None:

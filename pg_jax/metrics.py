@@ -33,8 +33,11 @@ class MetricWriter:
         """
         self.workdir = workdir
         self.main = jax.process_index() == 0
-        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a") if self.main else None
-        self._logf = open(os.path.join(workdir, "train.log"), "a") if self.main else None
+        # Kept open for the whole run (closed in close()), appending so a resume continues them.
+        self._jsonl = self._logf = None
+        if self.main:
+            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")  # noqa: SIM115
+            self._logf = open(os.path.join(workdir, "train.log"), "a")  # noqa: SIM115
         self._tb = None
         if self.main:
             try:  # TensorBoard events are optional (no TensorFlow on some GPU images).
@@ -44,11 +47,15 @@ class MetricWriter:
                 self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tb"))
                 # What tensorboard's scalar() writes, without needing the tensorboard package.
                 self._scalar_meta = summary_pb2.SummaryMetadata(
-                    plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
+                    plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")
+                )
             except ImportError:
                 self.log("TensorFlow not installed: metrics go to metrics.jsonl only.")
         # The bar starts with the first step, after the start-up log.
-        self._bar, self._bar_args = None, (progress_bar and self.main, total_steps, start_step)
+        self._bar, self._bar_args = (
+            None,
+            (progress_bar and self.main, total_steps, start_step),
+        )
 
     def log(self, text: str) -> None:
         """Prints a line (above the progress bar) and appends it to train.log."""
@@ -82,15 +89,26 @@ class MetricWriter:
         if show and self._bar is None:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True,
-                             mininterval=1.0)
+            self._bar = tqdm(
+                total=total,
+                initial=start,
+                unit="step",
+                dynamic_ncols=True,
+                mininterval=1.0,
+            )
         if self._bar is not None:
             self._bar.set_postfix(loss=f"{loss:.4f}", ex_s=f"{examples_per_s:.1f}", refresh=False)
             self._bar.update(step - self._bar.n)
 
-    def close(self) -> None:
+    def end_progress(self) -> None:
+        """Closes the progress bar so that the closing lines print cleanly."""
         if self._bar is not None:
             self._bar.close()
+            self._bar = None
+        self._bar_args = (False, 0, 0)
+
+    def close(self) -> None:
+        self.end_progress()
         for f in (self._jsonl, self._logf):
             if f is not None:
                 f.close()

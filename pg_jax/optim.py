@@ -87,8 +87,10 @@ def unflatten(flat: Mapping[str, Any]) -> dict:
 def split(params: Mapping, trainable: Sequence[str]) -> tuple[dict, dict]:
     """Nested params -> (flat trainable dict, flat frozen dict)."""
     flat, keys = flatten(params), set(trainable)
-    return ({k: v for k, v in flat.items() if k in keys},
-            {k: v for k, v in flat.items() if k not in keys})
+    return (
+        {k: v for k, v in flat.items() if k in keys},
+        {k: v for k, v in flat.items() if k not in keys},
+    )
 
 
 def merge(trainable: Mapping, frozen: Mapping) -> dict:
@@ -123,9 +125,16 @@ def match_first(names: Sequence[str], rules: Sequence[tuple[str, Any]], what: st
     return out
 
 
-def make_schedule(total_steps: int, *, base: float = 1.0, decay_type: str = "cosine",
-                  warmup_steps: int | None = None, warmup_percent: float | None = None,
-                  linear_end: float = 0.0, mult: float = 1.0) -> Callable:
+def make_schedule(
+    total_steps: int,
+    *,
+    base: float = 1.0,
+    decay_type: str = "cosine",
+    warmup_steps: int | None = None,
+    warmup_percent: float | None = None,
+    linear_end: float = 0.0,
+    mult: float = 1.0,
+) -> Callable:
     """Warm-up then cosine/linear/constant decay; a function of the (0-based) step.
 
     Args:
@@ -141,8 +150,9 @@ def make_schedule(total_steps: int, *, base: float = 1.0, decay_type: str = "cos
     """
     if warmup_steps is not None and warmup_percent is not None:
         raise ValueError("schedule: set warmup_steps or warmup_percent, not both")
-    warmup = warmup_steps if warmup_steps is not None else round(
-        (warmup_percent or 0.0) * total_steps)
+    warmup = (
+        warmup_steps if warmup_steps is not None else round((warmup_percent or 0.0) * total_steps)
+    )
     if total_steps > 1 and warmup >= total_steps:
         raise ValueError(f"schedule: warmup ({warmup} steps) >= total_steps ({total_steps})")
     if decay_type not in ("cosine", "linear", "constant"):
@@ -220,7 +230,7 @@ def make(config, params_shape: Mapping, total_steps: int) -> Optimizer:
         group_txs[g] = optax.chain(*chain)
 
     # Clip over all trainable gradients together (a global norm), then per-group updates.
-    labels = lambda p: {k: group_of[k] for k in p}  # noqa: E731
+    labels = lambda p: {k: group_of[k] for k in p}
     tx = optax.multi_transform(group_txs, labels)
     if config.grad_clip_norm:
         tx = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), tx)
@@ -231,8 +241,10 @@ def _decay_per_key(rates: Mapping[str, float]) -> optax.GradientTransformation:
     """Adds ``rate[k] * param[k]`` to each flat-dict update (stateless)."""
 
     def update(updates, state, params):
-        out = {k: u + rates[k] * params[k].astype(u.dtype) if rates[k] else u
-               for k, u in updates.items()}
+        out = {
+            k: u + rates[k] * params[k].astype(u.dtype) if rates[k] else u
+            for k, u in updates.items()
+        }
         return out, state
 
     return optax.GradientTransformation(lambda p: optax.EmptyState(), update)

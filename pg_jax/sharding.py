@@ -74,9 +74,10 @@ def make_mesh(axes: Sequence[tuple[str, int]], devices=None) -> Mesh:
 def _parse_rule(text: str) -> tuple[str, dict]:
     m = _RULE.match(text)
     if not m or m.group(1) not in ("fsdp", "replicate"):
-        raise ValueError(f"config.sharding_strategy: unknown rule {text!r}; "
-                         "known: fsdp(axis=...), replicate()")
-    kwargs = eval(f"dict({m.group(2)})", {"__builtins__": {}}, {"dict": dict})  # noqa: S307
+        raise ValueError(
+            f"config.sharding_strategy: unknown rule {text!r}; known: fsdp(axis=...), replicate()"
+        )
+    kwargs = eval(f"dict({m.group(2)})", {"__builtins__": {}}, {"dict": dict})
     return m.group(1), kwargs
 
 
@@ -93,7 +94,9 @@ def _spec_for(rule: str, kw: dict, shape: tuple[int, ...], itemsize: int, mesh: 
             spec = [None] * len(shape)
             spec[i] = axis
             return PartitionSpec(*spec)
-    logging.info("fsdp: no dimension of %s divisible by %d; replicated", shape, axis_size)
+    logging.getLogger(__name__).info(
+        "fsdp: no dimension of %s divisible by %d; replicated", shape, axis_size
+    )
     return PartitionSpec()
 
 

@@ -29,7 +29,7 @@ LOSS_SCALE_PERIOD = 200
 
 def get_step(opt_state) -> jax.Array:
     """The number of updates applied so far, read from the optimizer state (int32 scalar)."""
-    is_sched = lambda x: isinstance(x, optax.ScaleByScheduleState)  # noqa: E731
+    is_sched = lambda x: isinstance(x, optax.ScaleByScheduleState)
     states = [s for s in jax.tree_util.tree_leaves(opt_state, is_leaf=is_sched) if is_sched(s)]
     return states[0].count
 
@@ -71,8 +71,12 @@ def loss_fn(params: dict, batch: dict, *, model: paligemma.Model, loss_len: int)
     inputs, targets = text[:, :-1], text[:, 1:]
     idx, valid, dropped = loss_positions(batch["mask_loss"][:, 1:], loss_len)
     logits, _ = model.apply(
-        {"params": params}, batch["image"], inputs, batch["mask_ar"][:, :-1],
-        input_mask=batch["mask_input"][:, :-1].astype(bool), logits_at=idx,
+        {"params": params},
+        batch["image"],
+        inputs,
+        batch["mask_ar"][:, :-1],
+        input_mask=batch["mask_input"][:, :-1].astype(bool),
+        logits_at=idx,
     )
     # Logits are float32 whatever the compute dtype (the model casts before the tied head).
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
@@ -87,7 +91,11 @@ def _l2(tree) -> jax.Array:
 
 
 def make_update_fn(
-    model: paligemma.Model, opt: optim.Optimizer, *, loss_len: int, grad_accum_steps: int = 1
+    model: paligemma.Model,
+    opt: optim.Optimizer,
+    *,
+    loss_len: int,
+    grad_accum_steps: int = 1,
 ) -> Callable:
     """Builds the pure train step.
 
@@ -119,17 +127,27 @@ def make_update_fn(
             raise ValueError(f"batch {b} is not divisible by grad_accum_steps {k}")
         # Row j*k + i goes to micro-batch i: each device keeps its own rows (no reshuffle).
         micro = jax.tree_util.tree_map(
-            lambda x: jnp.swapaxes(x.reshape(b // k, k, *x.shape[1:]), 0, 1), batch)
+            lambda x: jnp.swapaxes(x.reshape(b // k, k, *x.shape[1:]), 0, 1), batch
+        )
         zeros = jax.tree_util.tree_map(lambda p: jnp.zeros(p.shape, jnp.float32), trainable)
 
         def body(carry, mb):
             loss_sum, tok, drop, g_sum = carry
             loss, aux, g = grads_of(trainable, frozen, mb, scale)
             g_sum = jax.tree_util.tree_map(lambda a, x: a + x.astype(jnp.float32), g_sum, g)
-            return (loss_sum + loss, tok + aux["tokens"], drop + aux["dropped"], g_sum), None
+            return (
+                loss_sum + loss,
+                tok + aux["tokens"],
+                drop + aux["dropped"],
+                g_sum,
+            ), None
 
-        init = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32),
-                zeros)
+        init = (
+            jnp.zeros((), jnp.float32),
+            jnp.zeros((), jnp.int32),
+            jnp.zeros((), jnp.int32),
+            zeros,
+        )
         (loss_sum, tok, drop, g_sum), _ = jax.lax.scan(body, init, micro)
         grads = jax.tree_util.tree_map(lambda g, p: (g / k).astype(p.dtype), g_sum, trainable)
         return loss_sum / k, {"tokens": tok, "dropped": drop}, grads
@@ -162,13 +180,20 @@ def make_update_fn(
         if ls is not None:
             # fp16: an overflowing step is skipped (state kept) and the scale halved.
             finite = jnp.isfinite(measurements["l2_grads"])
-            keep = lambda new, old: jax.tree_util.tree_map(  # noqa: E731
-                lambda n, o: jnp.where(finite, n, o), new, old)
-            new_trainable, new_opt = keep(new_trainable, trainable), keep(new_opt, opt_state)
+            keep = lambda new, old: jax.tree_util.tree_map(
+                lambda n, o: jnp.where(finite, n, o), new, old
+            )
+            new_trainable, new_opt = (
+                keep(new_trainable, trainable),
+                keep(new_opt, opt_state),
+            )
             good = jnp.where(finite, ls["good_steps"] + 1, 0)
             grow = good >= LOSS_SCALE_PERIOD
             new_scale = jnp.where(finite, jnp.where(grow, scale * 2, scale), scale / 2)
-            new_state["loss_scale"] = {"scale": new_scale, "good_steps": jnp.where(grow, 0, good)}
+            new_state["loss_scale"] = {
+                "scale": new_scale,
+                "good_steps": jnp.where(grow, 0, good),
+            }
             measurements.update(loss_scale=scale, skipped=(~finite).astype(jnp.int32))
         new_state["params"] = optim.merge(new_trainable, frozen)
         new_state["opt"] = new_opt
@@ -179,4 +204,7 @@ def make_update_fn(
 
 def init_loss_scale(initial: float = 2.0**15) -> dict:
     """The fp16 dynamic loss-scale state."""
-    return {"scale": jnp.asarray(initial, jnp.float32), "good_steps": jnp.zeros((), jnp.int32)}
+    return {
+        "scale": jnp.asarray(initial, jnp.float32),
+        "good_steps": jnp.zeros((), jnp.int32),
+    }

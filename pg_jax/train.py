@@ -21,19 +21,18 @@ import jax
 # Random numbers independent of the sharding: same init on 1 or 8 devices, no resharding.
 jax.config.update("jax_threefry_partitionable", True)
 
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
 
-from pg_jax import accounting, checkpoint, metrics, optim, sharding  # noqa: E402
-from pg_jax import step as step_lib  # noqa: E402
-from pg_jax.evaluators import common as evaluators  # noqa: E402
-from pg_jax.models import exporter, loader, paligemma, variants  # noqa: E402
-from pg_jax.pp.tokenizer import Tokenizer, get_default_tokenizer_path  # noqa: E402
+from pg_jax import accounting, checkpoint, metrics, optim, sharding
+from pg_jax import step as step_lib
+from pg_jax.evaluators import common as evaluators
+from pg_jax.models import exporter, loader, paligemma, variants
+from pg_jax.pp.tokenizer import Tokenizer, get_default_tokenizer_path
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and exports go.")
 
 DEMO_BANNER = """\
@@ -53,8 +52,9 @@ def resolve_data(spec: dict, config) -> dict:
     if spec.get("path") == "synthetic":
         from pg_jax.data import synthetic  # generation needs PIL only
 
-        spec["path"] = os.path.join(synthetic.ensure_synthetic(difficulty=config.synthetic),
-                                    "docvqa")
+        spec["path"] = os.path.join(
+            synthetic.ensure_synthetic(difficulty=config.synthetic), "docvqa"
+        )
     return spec
 
 
@@ -92,9 +92,15 @@ def train(config, workdir: str) -> dict:
     # ------------------------------------------------------------------------------------------
     os.makedirs(workdir, exist_ok=True)
     if config.demo and jax.process_index() == 0:
-        print(DEMO_BANNER.format(variant=config.model_name, res=config.input.res,
-                                 data=f"{config.synthetic} difficulty", workdir=workdir),
-              flush=True)
+        print(
+            DEMO_BANNER.format(
+                variant=config.model_name,
+                res=config.input.res,
+                data=f"{config.synthetic} difficulty",
+                workdir=workdir,
+            ),
+            flush=True,
+        )
     init_path = config.model_init.format(workdir=workdir)
     if config.pretrain is not None and not os.path.exists(init_path):
         pre_dir = os.path.join(workdir, "pretrain")
@@ -120,25 +126,31 @@ def train(config, workdir: str) -> dict:
     # ------------------------------------------------------------------------------------------
     tok_path = config.tokenizer or get_default_tokenizer_path()
     vocab = Tokenizer(tok_path).vocab_size
-    model_kw = dict(dtype=dtype, remat_policy=config.remat_policy,
-                    attention_impl=config.attention_impl)
+    model_kw = {
+        "dtype": dtype,
+        "remat_policy": config.remat_policy,
+        "attention_impl": config.attention_impl,
+    }
     if init_path:
         model_cfg = loader.read_model_config(init_path, **model_kw)
     else:
-        model_cfg = variants.get_config(config.model_name, res=config.input.res,
-                                        vocab_size=vocab, **model_kw).to_dict()
+        model_cfg = variants.get_config(
+            config.model_name, res=config.input.res, vocab_size=vocab, **model_kw
+        ).to_dict()
     if model_cfg["img"]["image_size"] != config.input.res:
-        raise ValueError(f"{init_path} is a {model_cfg['img']['image_size']} px model but "
-                         f"config res={config.input.res}; pass the matching res=")
+        raise ValueError(
+            f"{init_path} is a {model_cfg['img']['image_size']} px model but "
+            f"config res={config.input.res}; pass the matching res="
+        )
     if model_cfg["llm"]["vocab_size"] < vocab:
-        raise ValueError(f"tokenizer {tok_path} has {vocab} pieces but the model only "
-                         f"{model_cfg['llm']['vocab_size']}")
+        raise ValueError(
+            f"tokenizer {tok_path} has {vocab} pieces but the model only "
+            f"{model_cfg['llm']['vocab_size']}"
+        )
     model = paligemma.Model(**model_cfg)
 
     # Shapes first (no memory), then dtypes: trainable masters f32, frozen ones in frozen_dtype.
     flat_shapes = loader.param_shapes(model)
-    steps_total = None  # needs the data size; the optimizer only needs it for the schedule
-    source = None
     # ------------------------------------------------------------------------------------------
     # Data: a per-process iterator of numpy batches, restorable from a position.
     # ------------------------------------------------------------------------------------------
@@ -148,26 +160,35 @@ def train(config, workdir: str) -> dict:
     steps_total = total_steps(config, source.num_examples)
     opt = optim.make(config, optim.unflatten(flat_shapes), steps_total)
     trainable = set(opt.trainable)
-    flat_shapes = {k: jax.ShapeDtypeStruct(v.shape, jnp.float32 if k in trainable
-                                           else jnp.dtype(frozen_dtype))
-                   for k, v in flat_shapes.items()}
+    flat_shapes = {
+        k: jax.ShapeDtypeStruct(v.shape, jnp.float32 if k in trainable else jnp.dtype(frozen_dtype))
+        for k, v in flat_shapes.items()
+    }
     param_shardings = sharding.infer_sharding(flat_shapes, config.sharding_strategy, mesh)
 
     # Load or initialise straight into the target shardings; then cast leaf by leaf.
     if init_path:
-        _, params = loader.load(init_path, model_cfg=model_cfg,
-                                shardings=lambda k, s: param_shardings[k], **{})
+        _, params = loader.load(
+            init_path, model_cfg=model_cfg, shardings=lambda k, s: param_shardings[k]
+        )
     else:
         res = config.input.res
-        dummy = (jnp.zeros((1, res, res, 3)), jnp.zeros((1, 2), jnp.int32),
-                 jnp.zeros((1, 2), jnp.int32))
-        init = jax.jit(lambda r: model.init(r, *dummy)["params"],
-                       out_shardings=optim.unflatten(param_shardings))
+        dummy = (
+            jnp.zeros((1, res, res, 3)),
+            jnp.zeros((1, 2), jnp.int32),
+            jnp.zeros((1, 2), jnp.int32),
+        )
+        init = jax.jit(
+            lambda r: model.init(r, *dummy)["params"],
+            out_shardings=optim.unflatten(param_shardings),
+        )
         params = init(jax.random.PRNGKey(config.seed))
     flat = optim.flatten(params)
     del params
-    flat = {k: v if v.dtype == flat_shapes[k].dtype else v.astype(flat_shapes[k].dtype)
-            for k, v in flat.items()}
+    flat = {
+        k: v if v.dtype == flat_shapes[k].dtype else v.astype(flat_shapes[k].dtype)
+        for k, v in flat.items()
+    }
     params = optim.unflatten(flat)
 
     # Optimizer state only for trainable leaves, created sharded (jit with out_shardings).
@@ -175,13 +196,15 @@ def train(config, workdir: str) -> dict:
     opt_shapes = jax.eval_shape(opt.tx.init, tr_shapes)
     opt_shardings = sharding.infer_sharding(opt_shapes, config.sharding_strategy, mesh)
     opt_state = jax.jit(opt.tx.init, out_shardings=opt_shardings)(
-        {k: flat[k] for k in opt.trainable})
+        {k: flat[k] for k in opt.trainable}
+    )
     del flat
     train_state = {"params": params, "opt": opt_state}
     if use_loss_scale:
-        train_state["loss_scale"] = jax.device_put(step_lib.init_loss_scale(),
-                                                   jax.sharding.NamedSharding(
-                                                       mesh, jax.sharding.PartitionSpec()))
+        train_state["loss_scale"] = jax.device_put(
+            step_lib.init_loss_scale(),
+            jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()),
+        )
     state_shardings = jax.tree_util.tree_map(lambda x: x.sharding, train_state)
 
     # ------------------------------------------------------------------------------------------
@@ -196,32 +219,50 @@ def train(config, workdir: str) -> dict:
         train_state = checkpoint.restore_into(train_state, saved, opt.trainable)
         start_step, iter_state = data_state["step"], data_state["iterator"]
 
-    writer = metrics.MetricWriter(workdir, total_steps=steps_total,
-                                  progress_bar=config.progress_bar, start_step=start_step)
+    writer = metrics.MetricWriter(
+        workdir,
+        total_steps=steps_total,
+        progress_bar=config.progress_bar,
+        start_step=start_step,
+    )
     log = writer.log
-    log(f"Devices: {jax.device_count()} x {device.device_kind} ({jax.process_count()} "
+    log(
+        f"Devices: {jax.device_count()} x {device.device_kind} ({jax.process_count()} "
         f"process(es)), mesh {dict(mesh.shape)}; compute {dtype}, frozen weights {frozen_dtype}"
-        f"{', dynamic loss scaling' if use_loss_scale else ''}.")
-    log(f"Model from {init_path or 'random init (' + config.model_name + ')'}; "
+        f"{', dynamic loss scaling' if use_loss_scale else ''}."
+    )
+    log(
+        f"Model from {init_path or 'random init (' + config.model_name + ')'}; "
         f"{source.num_examples} training examples; {steps_total} steps of "
-        f"{config.input.batch_size}.")
+        f"{config.input.batch_size}."
+    )
     if latest is not None:
         log(f"Resumed from {workdir}/ckpt/{latest} (step {start_step}).")
     log("Parameters:\n" + accounting.param_overview(flat_shapes, opt.trainable))
     log("Sharded parameters:\n" + sharding.describe(param_shardings, flat_shapes))
 
     local_batch = config.input.batch_size // jax.process_count()
-    pp = input_pipeline.pp_train(config.input.res, config.input.text_len, config.input.prompt,
-                                 config.tokenizer or None)
-    it = input_pipeline.make_iterator(source, pp, batch_size=local_batch, seed=config.seed,
-                                      state=iter_state,
-                                      shuffle_buffer=config.input.shuffle_buffer)
+    pp = input_pipeline.pp_train(
+        config.input.res,
+        config.input.text_len,
+        config.input.prompt,
+        config.tokenizer or None,
+    )
+    it = input_pipeline.make_iterator(
+        source,
+        pp,
+        batch_size=local_batch,
+        seed=config.seed,
+        state=iter_state,
+        shuffle_buffer=config.input.shuffle_buffer,
+    )
 
     # ------------------------------------------------------------------------------------------
     # Compile once: donated state, explicit output shardings; log memory before running.
     # ------------------------------------------------------------------------------------------
-    update_fn = step_lib.make_update_fn(model, opt, loss_len=config.loss_len,
-                                        grad_accum_steps=config.grad_accum_steps)
+    update_fn = step_lib.make_update_fn(
+        model, opt, loss_len=config.loss_len, grad_accum_steps=config.grad_accum_steps
+    )
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     jitted = jax.jit(update_fn, donate_argnums=(0,), out_shardings=(state_shardings, replicated))
     first = sharding.global_batch(next(it), mesh)
@@ -231,36 +272,52 @@ def train(config, workdir: str) -> dict:
     report, peak, limit = accounting.memory_report(compiled, device)
     log(f"Compiled the train step in {time.time() - t0:.1f}s. Memory:\n{report}")
     if peak and limit and peak > limit:
-        log(f"WARNING: predicted peak {peak / 2**30:.1f} GiB > device memory "
+        log(
+            f"WARNING: predicted peak {peak / 2**30:.1f} GiB > device memory "
             f"{limit / 2**30:.1f} GiB. Knobs: --config.input.batch_size (smaller), "
             "--config.grad_accum_steps (same effective batch, less memory), "
             "--config.remat_policy=nothing_saveable, --config.frozen_dtype=bfloat16/float16, "
-            "dtype=bfloat16, freeze=attn.")
-    flops_ex = accounting.train_flops_per_example(model_cfg, flat_shapes, opt.trainable,
-                                                  config.input.text_len, config.loss_len)
+            "dtype=bfloat16, freeze=attn."
+        )
+    flops_ex = accounting.train_flops_per_example(
+        model_cfg, flat_shapes, opt.trainable, config.input.text_len, config.loss_len
+    )
     peak_flops = accounting.peak_flops(device.device_kind)
 
     # ------------------------------------------------------------------------------------------
     # Evaluators: {prefix: (evaluator, every_steps)}; their data is read on first use.
     # ------------------------------------------------------------------------------------------
-    eval_cfg = {k: dict(v, data=resolve_data(v["data"], config),
-                        **({"baseline_data": resolve_data(v["baseline_data"], config)}
-                           if "baseline_data" in v else {}))
-                for k, v in config.evals.items()}
-    evals = evaluators.from_config(eval_cfg, model=model, tokenizer=config.tokenizer or None,
-                                   workdir=workdir)
+    eval_cfg = {
+        k: dict(
+            v,
+            data=resolve_data(v["data"], config),
+            **(
+                {"baseline_data": resolve_data(v["baseline_data"], config)}
+                if "baseline_data" in v
+                else {}
+            ),
+        )
+        for k, v in config.evals.items()
+    }
+    evals = evaluators.from_config(
+        eval_cfg, model=model, tokenizer=config.tokenizer or None, workdir=workdir
+    )
     results: dict[str, float] = {}
 
-    def run_evals(step: int, due) -> None:
-        for prefix, (ev, every) in evals.items():
+    def run_evals(step: int, due) -> bool:
+        """Runs the evaluators that are due; returns whether any ran."""
+        ran = False
+        for ev, every in evals.values():
             if not due(every):
                 continue
+            ran = True
             t = time.time()
             values = dict(ev.run(train_state["params"]))
             writer.write(step, values)
             results.update(values)
             shown = ", ".join(f"{k}={v:.4f}" for k, v in values.items())
             log(f"[eval step {step}] {shown} ({time.time() - t:.1f}s)")
+        return ran
 
     if start_step == 0 and config.eval_at_start:
         run_evals(0, lambda every: True)
@@ -285,46 +342,76 @@ def train(config, workdir: str) -> dict:
             if step % config.log_training_steps == 0 or step == steps_total:
                 dt = max(time.time() - t_log, 1e-9)
                 ex_s = n_log * config.input.batch_size / dt
-                m.update({"examples/s": ex_s, "tokens/s": ex_s * tokens_per_ex,
-                          "step_time_s": dt / n_log})
+                m.update(
+                    {
+                        "examples/s": ex_s,
+                        "tokens/s": ex_s * tokens_per_ex,
+                        "step_time_s": dt / n_log,
+                    }
+                )
                 if peak_flops:
                     m["mfu"] = flops_ex * ex_s / (peak_flops * jax.device_count())
                 writer.write(step, m)
                 writer.progress(step, m["training_loss"], ex_s)
                 t_log, n_log = time.time(), 0
-            ckpt.save(step, checkpoint.savable(train_state, opt.trainable),
-                      {"step": step, "iterator": it.state()})
+            ckpt.save(
+                step,
+                checkpoint.savable(train_state, opt.trainable),
+                {"step": step, "iterator": it.state()},
+            )
             if preempt.requested:
-                ckpt.save(step, checkpoint.savable(train_state, opt.trainable),
-                          {"step": step, "iterator": it.state()}, force=True)
+                ckpt.save(
+                    step,
+                    checkpoint.savable(train_state, opt.trainable),
+                    {"step": step, "iterator": it.state()},
+                    force=True,
+                )
                 ckpt.wait()
-                log(f"Preempted: saved step {step} to {workdir}/ckpt; rerun the same command "
-                    "to resume.")
+                log(
+                    f"Preempted: saved step {step} to {workdir}/ckpt; rerun the same command "
+                    "to resume."
+                )
                 return {"preempted_at": step}
             if step < steps_total:
-                run_evals(step, lambda every, s=step: every and s % every == 0)
+                if run_evals(step, lambda every, s=step: every and s % every == 0):
+                    t_log, n_log = time.time(), 0  # keep eval time out of examples/s
                 batch = sharding.global_batch(next(it), mesh)
     finally:
         preempt.restore_handler()
+        writer.end_progress()
 
     # ------------------------------------------------------------------------------------------
     # End: final evals, last checkpoint, merged params (.npz + HF), curve, summary.
     # ------------------------------------------------------------------------------------------
     run_evals(steps_total, lambda every: True)
-    ckpt.save(steps_total, checkpoint.savable(train_state, opt.trainable),
-              {"step": steps_total, "iterator": it.state()}, force=True)
+    ckpt.save(
+        steps_total,
+        checkpoint.savable(train_state, opt.trainable),
+        {"step": steps_total, "iterator": it.state()},
+        force=True,
+    )
     ckpt.close()
     if jax.process_index() == 0:
         params_host = jax.device_get(train_state["params"])
         exporter.save_npz(params_host, os.path.join(workdir, "params.npz"))
         if config.export_hf:
             export_cfg = copy.deepcopy(model_cfg)
-            exporter.save_hf(export_cfg, params_host, os.path.join(workdir, "hf"),
-                             tokenizer=tok_path)
-        curve = metrics.plot(workdir, ["training_loss", *sorted(
-            k for k in results if k.endswith(("/loss", "/anls")))])
-        log(f"Wrote {workdir}/params.npz" + (f", {workdir}/hf/" if config.export_hf else "")
-            + (f", {curve}" if curve else "") + ".")
+            exporter.save_hf(
+                export_cfg, params_host, os.path.join(workdir, "hf"), tokenizer=tok_path
+            )
+        curve = metrics.plot(
+            workdir,
+            [
+                "training_loss",
+                *sorted(k for k in results if k.endswith(("/loss", "/anls"))),
+            ],
+        )
+        log(
+            f"Wrote {workdir}/params.npz"
+            + (f", {workdir}/hf/" if config.export_hf else "")
+            + (f", {curve}" if curve else "")
+            + "."
+        )
     summary = {**results, "wall_clock_s": time.time() - t_start, "steps": steps_total}
     _print_summary(log, results_before, results, summary, evals)
     with open(os.path.join(workdir, "summary.json"), "w") as f:
@@ -343,7 +430,8 @@ def _check_finite(step: int, m: dict, ckpt: checkpoint.Checkpointer, workdir: st
         raise FloatingPointError(
             f"step {step}: non-finite {bad}. The last good checkpoint is "
             + (f"{workdir}/ckpt/{last} (step {last})" if last is not None else "none")
-            + ". Lower --config.lr, check the data, or use dtype=bfloat16/float32.")
+            + ". Lower --config.lr, check the data, or use dtype=bfloat16/float32."
+        )
 
 
 def _print_summary(log, before: dict, after: dict, summary: dict, evals: dict) -> None:
@@ -354,8 +442,10 @@ def _print_summary(log, before: dict, after: dict, summary: dict, evals: dict) -
         lines.append(f"  {k}: {b}{after[k]:.4f}")
     for prefix, (ev, _) in evals.items():
         if hasattr(ev, "baseline_answer"):
-            lines.append(f"  image-blind baseline (always {ev.baseline_answer!r}): "
-                         f"{prefix}/anls = {before.get(prefix + '/baseline_anls', float('nan')):.4f}")
+            lines.append(
+                f"  image-blind baseline (always {ev.baseline_answer!r}): "
+                f"{prefix}/anls = {before.get(prefix + '/baseline_anls', float('nan')):.4f}"
+            )
     log("\n".join(lines))
 
 

@@ -5,14 +5,14 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
+import jax
+import numpy as np
 
 jax.config.update("jax_threefry_partitionable", True)
 
-from pg_jax import optim, sharding  # noqa: E402
-from pg_jax import step as step_lib  # noqa: E402
-from tests import tiny_setup  # noqa: E402
+from pg_jax import optim, sharding
+from pg_jax import step as step_lib
+from tests import tiny_setup
 
 
 def run(devices, strategy):
@@ -28,15 +28,19 @@ def run(devices, strategy):
     o_sh = sharding.infer_sharding(jax.eval_shape(opt.tx.init, tr), strategy, mesh)
     state = {"params": params, "opt": jax.jit(opt.tx.init, out_shardings=o_sh)(tr)}
     shardings = jax.tree_util.tree_map(lambda x: x.sharding, state)
-    fn = jax.jit(step_lib.make_update_fn(model, opt, loss_len=6), donate_argnums=(0,),
-                 out_shardings=(shardings, None))
+    fn = jax.jit(
+        step_lib.make_update_fn(model, opt, loss_len=6),
+        donate_argnums=(0,),
+        out_shardings=(shardings, None),
+    )
     losses = []
     for i in range(3):
         batch = sharding.global_batch(tiny_setup.batch(b=8, seed=i), mesh)
         state, m = fn(state, jax.random.PRNGKey(0), batch)
         losses.append(float(m["training_loss"]))
-    n_sharded = sum(any(a is not None for a in x.sharding.spec)
-                    for x in jax.tree_util.tree_leaves(state))
+    n_sharded = sum(
+        any(a is not None for a in x.sharding.spec) for x in jax.tree_util.tree_leaves(state)
+    )
     return losses, jax.device_get(optim.flatten(state["params"])), n_sharded
 
 

@@ -7,13 +7,18 @@ import os
 import pytest
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
-CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(CONFIG_DIR, "*.py"))
-                 if not p.endswith(("common.py", "__init__.py")))
+CONFIGS = sorted(
+    os.path.basename(p)[:-3]
+    for p in glob.glob(os.path.join(CONFIG_DIR, "*.py"))
+    if not p.endswith(("common.py", "__init__.py"))
+)
 
 
 @pytest.mark.parametrize("name", CONFIGS)
-@pytest.mark.parametrize("arg", [None, "mode=runlocal", "ckpt=/x.npz,data=/d,res=448",
-                                 "freeze=full,dtype=float16"])
+@pytest.mark.parametrize(
+    "arg",
+    [None, "mode=runlocal", "ckpt=/x.npz,data=/d,res=448", "freeze=full,dtype=float16"],
+)
 def test_config_builds(name, arg):
     cfg = importlib.import_module(f"configs.{name}").get_config(arg)
     assert cfg.input.batch_size > 0 and cfg.evals
@@ -26,17 +31,23 @@ def test_demo_defaults():
 
     cfg = docvqa.get_config()
     assert cfg.demo and cfg.pretrain is not None and cfg.model_init.endswith("params.npz")
-    assert cfg.schedule[0][0] == "llm/layers/attn/.*" and cfg.schedule[-1] == (".*", None)
+    assert cfg.schedule[0][0] == "llm/layers/attn/.*" and cfg.schedule[-1] == (
+        ".*",
+        None,
+    )
     real = docvqa.get_config("ckpt=/c.npz,data=/d")
     assert not real.demo and real.pretrain is None and real.lr == 1e-5
 
 
-@pytest.mark.parametrize("arg, message", [
-    ("resolution=448", "unknown config argument 'resolution'"),
-    ("res=big", "res='big': expected int"),
-    ("freeze=some", "freeze='some'"),
-    ("mode=fast", "mode='fast'"),
-])
+@pytest.mark.parametrize(
+    "arg, message",
+    [
+        ("resolution=448", "unknown config argument 'resolution'"),
+        ("res=big", "res='big': expected int"),
+        ("freeze=some", "freeze='some'"),
+        ("mode=fast", "mode='fast'"),
+    ],
+)
 def test_bad_arguments(arg, message):
     from configs import docvqa
 

@@ -1,5 +1,7 @@
 """optim.make: trainable sets, no state for frozen leaves, schedules, config errors."""
 
+import itertools
+
 import jax
 import numpy as np
 import pytest
@@ -33,14 +35,15 @@ def test_no_optimizer_state_for_frozen(shapes):
     state_bytes = sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(state))
     tr_size = sum(np.prod(x.shape) for x in tr.values())
     assert state_bytes <= 2 * tr_size + 16  # Adam: mu + nu of trainable leaves, plus counters
-    names = {str(getattr(p[-1], "key", "")) for p, _ in
-             jax.tree_util.tree_flatten_with_path(state)[0]}
+    names = {
+        str(getattr(p[-1], "key", "")) for p, _ in jax.tree_util.tree_flatten_with_path(state)[0]
+    }
     assert not names & set(opt.frozen)
 
 
 def test_unmatched_param_is_an_error(shapes):
     cfg = tiny_setup.opt_config()
-    cfg.schedule = [("llm/.*", dict(decay_type="cosine"))]
+    cfg.schedule = [("llm/.*", {"decay_type": "cosine"})]
     with pytest.raises(ValueError, match="no rule matches.*img/"):
         optim.make(cfg, shapes, 10)
 
@@ -63,7 +66,7 @@ def test_schedule_warmup_then_cosine():
     values = [float(fn(s)) for s in range(10)]
     assert values[0] == pytest.approx(0.5) and values[1] == pytest.approx(1.0)
     assert values[-1] == pytest.approx(0.0, abs=1e-6)
-    assert all(a >= b for a, b in zip(values[1:], values[2:]))
+    assert all(a >= b for a, b in itertools.pairwise(values))
     with pytest.raises(ValueError, match="warmup"):
         optim.make_schedule(10, warmup_steps=10)
 
@@ -73,10 +76,12 @@ def test_decoupled_weight_decay_not_times_lr(shapes):
     import jax.numpy as jnp
 
     cfg = tiny_setup.opt_config("attn", lr=1e-3, wd=0.1, clip=0.0)
-    cfg.schedule = [(r, dict(decay_type="constant") if s else None) for r, s in cfg.schedule]
+    cfg.schedule = [(r, {"decay_type": "constant"} if s else None) for r, s in cfg.schedule]
     opt = optim.make(cfg, shapes, 10)
-    p = {k: jnp.ones(shapes_flat.shape) for k, shapes_flat in
-         optim.split(shapes, opt.trainable)[0].items()}
+    p = {
+        k: jnp.ones(shapes_flat.shape)
+        for k, shapes_flat in optim.split(shapes, opt.trainable)[0].items()
+    }
     g = jax.tree_util.tree_map(jnp.zeros_like, p)
     upd, _ = opt.tx.update(g, opt.tx.init(p), p)
     np.testing.assert_allclose(upd["llm/layers/attn/q_einsum/w"], -0.1, rtol=1e-6)

@@ -16,10 +16,14 @@ def _setup(freeze="attn", dtype="float32", frozen_dtype=None, accum=1, lr=1e-2, 
     opt = optim.make(tiny_setup.opt_config(freeze, lr=lr, optax_name=name), params, 20)
     if frozen_dtype:
         tr = set(opt.trainable)
-        flat = {k: v if k in tr else v.astype(frozen_dtype) for k, v in
-                optim.flatten(params).items()}
+        flat = {
+            k: v if k in tr else v.astype(frozen_dtype) for k, v in optim.flatten(params).items()
+        }
         params = optim.unflatten(flat)
-    state = {"params": params, "opt": opt.tx.init(optim.split(params, opt.trainable)[0])}
+    state = {
+        "params": params,
+        "opt": opt.tx.init(optim.split(params, opt.trainable)[0]),
+    }
     fn = jax.jit(step_lib.make_update_fn(model, opt, loss_len=6, grad_accum_steps=accum))
     return model, opt, state, fn
 
@@ -59,8 +63,9 @@ def test_loss_only_on_answer_tokens():
     assert int(aux["tokens"]) == 4 * 4 and int(aux["dropped"]) == 0
     b2 = dict(b, text=b["text"].copy())
     b2["text"][:, 10:] = 77  # padding positions: masked out of input and loss
-    np.testing.assert_allclose(step_lib.loss_fn(params, b2, model=model, loss_len=6)[0], loss,
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        step_lib.loss_fn(params, b2, model=model, loss_len=6)[0], loss, rtol=1e-6
+    )
     _, aux = step_lib.loss_fn(params, b, model=model, loss_len=2)
     assert int(aux["dropped"]) == 4 * 2
 
@@ -76,8 +81,12 @@ def test_accumulated_microbatches_equal_big_batch():
     np.testing.assert_allclose(m1["training_loss"], m4["training_loss"], rtol=1e-5)
     np.testing.assert_allclose(m1["l2_grads"], m4["l2_grads"], rtol=1e-4)
     for k in opt.trainable:
-        np.testing.assert_allclose(optim.flatten(s1["params"])[k],
-                                   optim.flatten(s4["params"])[k], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            optim.flatten(s1["params"])[k],
+            optim.flatten(s4["params"])[k],
+            rtol=1e-5,
+            atol=1e-6,
+        )
 
 
 def test_fp16_step_is_finite():

@@ -10,7 +10,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pg_jax import checkpoint, train  # noqa: E402
+from pg_jax import checkpoint, train
 
 
 def tiny_config(data: str, steps: int):

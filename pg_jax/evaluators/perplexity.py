@@ -31,9 +31,20 @@ _CACHE_BYTES = 512 * 2**20
 class Evaluator:
     """Teacher-forced answer loss over one pass of a held-out split."""
 
-    def __init__(self, model, *, tokenizer: str | None, workdir: str | None, prefix: str,
-                 data: dict, res: int, text_len: int, batch_size: int, loss_len: int = 16,
-                 prompt: str = "{question}"):
+    def __init__(
+        self,
+        model,
+        *,
+        tokenizer: str | None,
+        workdir: str | None,
+        prefix: str,
+        data: dict,
+        res: int,
+        text_len: int,
+        batch_size: int,
+        loss_len: int = 16,
+        prompt: str = "{question}",
+    ):
         """Builds the data source and the jitted per-example loss.
 
         Args:
@@ -58,8 +69,13 @@ class Evaluator:
             text = batch["text"]
             idx, valid, _ = step_lib.loss_positions(batch["mask_loss"][:, 1:], loss_len)
             logits, _ = model.apply(
-                {"params": params}, batch["image"], text[:, :-1], batch["mask_ar"][:, :-1],
-                input_mask=batch["mask_input"][:, :-1].astype(bool), logits_at=idx)
+                {"params": params},
+                batch["image"],
+                text[:, :-1],
+                batch["mask_ar"][:, :-1],
+                input_mask=batch["mask_input"][:, :-1].astype(bool),
+                logits_at=idx,
+            )
             logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
             tgt = jnp.take_along_axis(text[:, 1:], idx, axis=1)
             nll = -jnp.take_along_axis(logp, tgt[..., None], axis=-1)[..., 0] * valid
@@ -86,7 +102,9 @@ class Evaluator:
         nll_sum = tok_sum = ex_loss_sum = n = 0.0
         for b in self._batches():
             mask = b["_mask"]
-            nll, tok = jax.device_get(self._fn(params, {k: v for k, v in b.items() if k != "_mask"}))
+            nll, tok = jax.device_get(
+                self._fn(params, {k: v for k, v in b.items() if k != "_mask"})
+            )
             nll, tok = nll[mask], tok[mask]
             nll_sum += float(nll.sum())
             tok_sum += float(tok.sum())

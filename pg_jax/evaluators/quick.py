@@ -16,8 +16,8 @@ from collections.abc import Iterator
 import jax
 import numpy as np
 
-from pg_jax.decode import decode as greedy_decode
 from pg_jax.data import core, input_pipeline
+from pg_jax.decode import decode as greedy_decode
 from pg_jax.pp.tokenizer import Tokenizer
 
 
@@ -49,9 +49,21 @@ def anls(pred: str, answers: list[str], threshold: float = 0.5) -> float:
 class Evaluator:
     """Greedy decode, exact match and ANLS over one pass of a held-out split."""
 
-    def __init__(self, model, *, tokenizer: str | None, workdir: str | None, prefix: str,
-                 data: dict, res: int, text_len: int, batch_size: int, max_decode_len: int,
-                 baseline_data: dict | None = None, prompt: str = "{question}"):
+    def __init__(
+        self,
+        model,
+        *,
+        tokenizer: str | None,
+        workdir: str | None,
+        prefix: str,
+        data: dict,
+        res: int,
+        text_len: int,
+        batch_size: int,
+        max_decode_len: int,
+        baseline_data: dict | None = None,
+        prompt: str = "{question}",
+    ):
         """See the module docstring; `baseline_data` is the training source spec."""
         del workdir
         self.model, self.prefix, self.batch_size = model, prefix, batch_size
@@ -64,8 +76,9 @@ class Evaluator:
 
     def _batches(self) -> list[dict]:
         if self._cache is None:  # The demo's eval set is small: preprocess it once.
-            self._cache = list(input_pipeline.eval_batches(
-                self.source, self.pp, batch_size=self.batch_size))
+            self._cache = list(
+                input_pipeline.eval_batches(self.source, self.pp, batch_size=self.batch_size)
+            )
         return self._cache
 
     def _baseline(self, answers: list[list[str]]) -> tuple[str, float]:
@@ -79,9 +92,14 @@ class Evaluator:
         """Yields anls, exact_match (and baseline_anls on the first call)."""
         scores, exact, all_answers = [], [], []
         for b in self._batches():
-            tokens = jax.device_get(greedy_decode(
-                self.model, params, {k: b[k] for k in ("image", "text", "mask_input", "mask_ar")},
-                max_decode_len=self.max_decode_len))
+            tokens = jax.device_get(
+                greedy_decode(
+                    self.model,
+                    params,
+                    {k: b[k] for k in ("image", "text", "mask_input", "mask_ar")},
+                    max_decode_len=self.max_decode_len,
+                )
+            )
             for i in np.flatnonzero(b["_mask"]):
                 pred = self.tok.decode(tokens[i].tolist())
                 answers = [a.decode() if isinstance(a, bytes) else str(a) for a in b["answers"][i]]
