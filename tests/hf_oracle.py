@@ -99,7 +99,7 @@ def make_hf_model(case: Case, seed: int = 0):
 
     torch.manual_seed(seed)
     model = PaliGemmaForConditionalGeneration(hf_config(case)).eval()
-    model.config._attn_implementation = "eager"
+    model.config._attn_implementation = "eager"  # noqa: SLF001
     model.set_attn_implementation("eager") if hasattr(model, "set_attn_implementation") else None
     with torch.no_grad():
         for name, p in model.named_parameters():

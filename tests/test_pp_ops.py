@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 import tensorflow as tf
+from tests.conftest import png_bytes
 
 from pg_jax.data import input_pipeline
 from pg_jax.pp import builder
 from pg_jax.pp.registry import Registry, parse_name
 from pg_jax.pp.tokenizer import Tokenizer
-from tests.conftest import png_bytes
 
 
 def run_both(pp: str, example: dict) -> tuple[dict, dict]:
