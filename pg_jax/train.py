@@ -105,7 +105,8 @@ def train(config, workdir: str) -> dict:
     if config.pretrain is not None and not os.path.exists(init_path):
         pre_dir = os.path.join(workdir, "pretrain")
         print(f"== Stage 1: full training of the tiny model -> {init_path}", flush=True)
-        train(config.pretrain, pre_dir)
+        if "preempted_at" in train(config.pretrain, pre_dir):
+            return {"preempted_at": -1}  # rerun to resume the first stage
         print("== Stage 2: attention-only fine-tuning from it", flush=True)
 
     # ------------------------------------------------------------------------------------------

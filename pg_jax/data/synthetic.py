@@ -27,6 +27,7 @@ import concurrent.futures
 import dataclasses
 import io
 import json
+import multiprocessing
 import os
 import random
 import shutil
@@ -228,11 +229,14 @@ def _demo_spec(rng: random.Random) -> PageSpec:
     """
     doc_type = rng.choice(_DOC_TYPES[:4])
     qas = [QA("What type of document is this?", [doc_type], ["layout"])]
-    lines = []
+    lines, field_qas = [], []
     for label, phrasings, _, _, qtype in _FIELDS[doc_type][:3]:
         value = str(rng.randint(10, 99))
         lines.append(f"{label}: {value}")
-        qas.append(QA(phrasings[0], [value], [qtype]))
+        field_qas.append(QA(phrasings[0], [value], [qtype]))
+    # One field question per page: half the questions need the (coarse) page type, half the
+    # (fine) digits, which a tiny model from scratch only starts to read after many more steps.
+    qas.append(rng.choice(field_qas))
     return PageSpec(doc_type, doc_type.upper(), lines, qas)
 
 
@@ -480,7 +484,9 @@ def generate(
     for split_index, split in enumerate(SPLITS):
         jobs = [(seed, split, i, difficulty) for i in range(sizes[split])]
         if workers > 1 and len(jobs) > 50:
-            with concurrent.futures.ProcessPoolExecutor(workers) as ex:
+            # "spawn": callers such as the trainer have JAX (multithreaded) loaded; fork deadlocks.
+            ctx = multiprocessing.get_context("spawn")
+            with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as ex:
                 pages = list(ex.map(_page_job, jobs, chunksize=32))
         else:
             pages = [_page_job(j) for j in jobs]
