@@ -230,10 +230,11 @@ def _demo_spec(rng: random.Random) -> PageSpec:
     doc_type = rng.choice(_DOC_TYPES[:4])
     qas = [QA("What type of document is this?", [doc_type], ["layout"])]
     lines, field_qas = [], []
-    for label, phrasings, _, _, qtype in _FIELDS[doc_type][:3]:
+    for label, phrasings, _, _, _ in _FIELDS[doc_type][:3]:
         value = str(rng.randint(10, 99))
         lines.append(f"{label}: {value}")
-        field_qas.append(QA(phrasings[0], [value], [qtype]))
+        # Type "form" for every field, "layout" only for the page type: selectable apart.
+        field_qas.append(QA(phrasings[0], [value], ["form"]))
     # One field question per page: half the questions need the (coarse) page type, half the
     # (fine) digits, which a tiny model from scratch only starts to read after many more steps.
     qas.append(rng.choice(field_qas))
