@@ -7,8 +7,14 @@ from it::
 
     python -m pg_jax.train --config configs/docvqa.py --workdir /tmp/pg_demo
 
-  Hardware: a 2-core CPU. Wall-clock: see DEMO_NOTE below (measured). Expected: ANLS on held-out
-  synthetic questions well above the random-init and most-common-answer baselines.
+  Hardware: a 2-core CPU (no GPU), shared with other jobs. Wall-clock: about 3-5 minutes
+  including generating the synthetic set (see the report of the run). Expected (stop-gap decode
+  check on 256 held-out synthetic questions): ANLS 0.00 at random init, 0.50 after training,
+  against 0.148 for the image-blind "always 'invoice'" baseline. The 0.50 is the page-type
+  half of the questions, read from the page; the two-digit field values are NOT read yet at
+  this budget (the tiny model from scratch plateaus on them for hundreds more steps), so the
+  attention-only stage shows up in perplexity (2119 -> 10), not in ANLS. Measured 2026-11-27:
+  2 min 48 s on the 2-core CPU, first run (synthetic set generated), 400 + 150 steps of 16.
 
 Real run (PaliGemma 1 3B at 448 px, one 16 GB card, attention-only, frozen weights in bf16/f16)::
 
@@ -38,8 +44,8 @@ from configs.common import parse_arg
 DEMO_RES = 112
 DEMO_TEXT_LEN = 16
 # Steps of the two demo stages (full pretraining, then attention-only fine-tuning).
-DEMO_PRETRAIN_STEPS = 250
-DEMO_FINETUNE_STEPS = 200
+DEMO_PRETRAIN_STEPS = 400
+DEMO_FINETUNE_STEPS = 150
 
 
 def _data_source(path: str, split: str) -> dict:
@@ -118,8 +124,8 @@ def add_evals(c, cfg) -> None:
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """The training config.
 
-    Embedded default measured on a 2-core CPU (shared with other jobs): see the README/report;
-    the trainer prints the wall-clock and the before/after ANLS.
+    The embedded default's numbers are in the module docstring; the trainer prints the
+    wall-clock and the before/after metrics of each stage.
 
     Args:
       arg: ``key=value,...`` (see the module docstring).

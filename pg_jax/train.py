@@ -437,7 +437,9 @@ def _check_finite(step: int, m: dict, ckpt: checkpoint.Checkpointer, workdir: st
 
 def _print_summary(log, before: dict, after: dict, summary: dict, evals: dict) -> None:
     """The before/after table the demo ends with."""
-    lines = [f"Done in {summary['wall_clock_s']:.0f}s ({summary['steps']} steps)."]
+    lines = [
+        f"Done in {summary['wall_clock_s']:.0f}s in all ({summary['steps']} steps in this stage)."
+    ]
     for k in sorted(after):
         b = f"{before[k]:.4f} -> " if k in before else ""
         lines.append(f"  {k}: {b}{after[k]:.4f}")
