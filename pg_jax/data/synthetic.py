@@ -27,6 +27,7 @@ import concurrent.futures
 import dataclasses
 import io
 import json
+import multiprocessing
 import os
 import random
 import shutil
@@ -181,6 +182,8 @@ _DOC_TYPES = ("invoice", "form", "receipt", "letter", "table")
 def _page_spec(rng: random.Random, difficulty: str) -> PageSpec:
     """Draws one page's content and its questions."""
     hard = difficulty == "hard"
+    if difficulty == "demo":
+        return _demo_spec(rng)
     doc_type = rng.choice(_DOC_TYPES)
     title = doc_type.upper()
     # Half the pages also ask for the document type: its answer varies by page too.
@@ -216,6 +219,28 @@ def _page_spec(rng: random.Random, difficulty: str) -> PageSpec:
     return PageSpec(doc_type, title, lines, qas, table)
 
 
+def _demo_spec(rng: random.Random) -> PageSpec:
+    """The trainer's embedded demo: a standard form per document type, two-digit answers.
+
+    Shaped for a tiny ViT at 112 px to learn in a few CPU minutes: each document type always
+    shows the same three fields in the same place (like a standardised form), in very large
+    type, so answering is reading two digits at a known spot; the values (and the type) vary
+    per page, so a model that ignores the image still scores near zero.
+    """
+    doc_type = rng.choice(_DOC_TYPES[:4])
+    qas = [QA("What type of document is this?", [doc_type], ["layout"])]
+    lines, field_qas = [], []
+    for label, phrasings, _, _, _ in _FIELDS[doc_type][:3]:
+        value = str(rng.randint(10, 99))
+        lines.append(f"{label}: {value}")
+        # Type "form" for every field, "layout" only for the page type: selectable apart.
+        field_qas.append(QA(phrasings[0], [value], ["form"]))
+    # One field question per page: half the questions need the (coarse) page type, half the
+    # (fine) digits, which a tiny model from scratch only starts to read after many more steps.
+    qas.append(rng.choice(field_qas))
+    return PageSpec(doc_type, doc_type.upper(), lines, qas)
+
+
 # ---------------------------------------------------------------------------------------------
 # Rendering. PIL's embedded default font (FreeType, Pillow >= 10.1) keeps pages identical on
 # every machine with the same Pillow, unlike system fonts.
@@ -234,14 +259,18 @@ def _render(spec: PageSpec, rng: random.Random, difficulty: str) -> Image.Image:
     """Draws a page: a title, then one line per field (or a two-column table)."""
     hard = difficulty == "hard"
     w, h = (850, 1100) if hard else (448, 448)
-    size = rng.randint(18, 26) if hard else 34
+    size = rng.randint(18, 26) if hard else (52 if difficulty == "demo" else 34)
     img = Image.new("L" if hard else "RGB", (w, h), 255 if hard else (255, 255, 255))
     draw = ImageDraw.Draw(img)
     x0 = rng.randint(20, 60) if hard else rng.randint(16, 40)
     y = rng.randint(20, 80) if hard else rng.randint(12, 30)
+    if difficulty == "demo":  # a fixed layout: see _demo_spec
+        x0, y = 24, 20
     draw.text((x0, y), spec.title, font=_font(size + 8), fill=0, stroke_width=1, stroke_fill=0)
     y += size + 8 + rng.randint(20, 40 if hard else 28)
     step = size + (rng.randint(8, 30) if hard else rng.randint(22, 36))
+    if difficulty == "demo":  # Three very large lines at fixed places on the 448 px page.
+        y, step = 20 + 60 + 24, size + 26
     if spec.table is not None:
         draw.text((x0, y), "Item", font=_font(size), fill=0)
         col = x0 + (w - 2 * x0) // 2
@@ -279,7 +308,7 @@ def make_page(
       seed: data set seed.
       split: one of SPLITS.
       index: page index within the split.
-      difficulty: "easy" or "hard".
+      difficulty: "easy", "hard" or "demo" (the trainer's embedded default, see _demo_spec).
 
     Returns:
       (PNG bytes, the page spec with its questions and answers).
@@ -432,7 +461,7 @@ def generate(
       seed: data set seed; the output is a pure function of (seed, num_pages, difficulty).
       num_pages: train pages; validation and test get max(20, num_pages // 10) each.
       fmt: "docvqa-json", "hf-parquet" or "both".
-      difficulty: "easy" or "hard".
+      difficulty: "easy", "hard" or "demo" (the trainer's embedded default, see _demo_spec).
       workers: rendering processes (default: CPU count).
 
     Returns:
@@ -440,7 +469,7 @@ def generate(
     """
     if fmt not in ("docvqa-json", "hf-parquet", "both"):
         raise ValueError(f"Unknown format {fmt!r}.")
-    if difficulty not in ("easy", "hard"):
+    if difficulty not in ("easy", "hard", "demo"):
         raise ValueError(f"Unknown difficulty {difficulty!r}.")
     t0 = time.time()
     os.makedirs(out, exist_ok=True)
@@ -456,7 +485,9 @@ def generate(
     for split_index, split in enumerate(SPLITS):
         jobs = [(seed, split, i, difficulty) for i in range(sizes[split])]
         if workers > 1 and len(jobs) > 50:
-            with concurrent.futures.ProcessPoolExecutor(workers) as ex:
+            # "spawn": callers such as the trainer have JAX (multithreaded) loaded; fork deadlocks.
+            ctx = multiprocessing.get_context("spawn")
+            with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as ex:
                 pages = list(ex.map(_page_job, jobs, chunksize=32))
         else:
             pages = [_page_job(j) for j in jobs]
@@ -510,7 +541,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num_pages", type=int, default=2000, help="train pages (val/test: 1/10)")
     p.add_argument("--format", default="both", choices=["docvqa-json", "hf-parquet", "both"])
-    p.add_argument("--difficulty", default="easy", choices=["easy", "hard"])
+    p.add_argument("--difficulty", default="easy", choices=["easy", "hard", "demo"])
     p.add_argument("--workers", type=int, default=None)
     a = p.parse_args(argv)
     summary = generate(

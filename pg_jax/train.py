@@ -1,0 +1,465 @@
+r"""Fine-tunes PaliGemma: ``python -m pg_jax.train --config configs/docvqa.py --workdir DIR``.
+
+Wiring only (STYLE.md section 1): the loss and update are in `pg_jax.step`, the optimizer in
+`pg_jax.optim`, sharding in `pg_jax.sharding`, checkpoints in `pg_jax.checkpoint`. `main` reads
+the absl flags and calls `train(config, workdir)`, which reads top to bottom:
+
+  pretrain stage -> workdir -> mesh -> model & params -> optimizer -> data -> compile ->
+  resume -> evaluators -> train loop -> final export.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+
+import jax
+
+# Random numbers independent of the sharding: same init on 1 or 8 devices, no resharding.
+jax.config.update("jax_threefry_partitionable", True)
+
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from pg_jax import accounting, checkpoint, metrics, optim, sharding
+from pg_jax import step as step_lib
+from pg_jax.evaluators import common as evaluators
+from pg_jax.models import exporter, loader, paligemma, variants
+from pg_jax.pp.tokenizer import Tokenizer, get_default_tokenizer_path
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and exports go.")
+
+DEMO_BANNER = """\
+No checkpoint and no data configured: running the EMBEDDED DEFAULT.
+  model: a tiny PaliGemma ({variant}, real architecture, random init) at {res} px,
+  data: the synthetic DocVQA set ({data}), tokenizer: the small project tokenizer.
+  Stage 1 trains it fully and writes {workdir}/pretrain/params.npz; stage 2 fine-tunes only
+  llm/layers/attn/* from that file, as you would from a released checkpoint.
+To train on real files:
+  python -m pg_jax.train --workdir DIR --config configs/docvqa.py:res=448,\\
+ckpt=paligemma-3b-pt-448.npz,tokenizer=paligemma_tokenizer.model,data=/data/docvqa_448"""
+
+
+def resolve_data(spec: dict, config) -> dict:
+    """A data spec with the synthetic placeholder replaced by the generated set's directory."""
+    spec = dict(spec)
+    if spec.get("path") == "synthetic":
+        from pg_jax.data import synthetic  # generation needs PIL only
+
+        spec["path"] = os.path.join(
+            synthetic.ensure_synthetic(difficulty=config.synthetic), "docvqa"
+        )
+    return spec
+
+
+def total_steps(config, num_examples: int) -> int:
+    """Exactly one of config.total_steps / total_epochs, converted to steps."""
+    if (config.total_steps is None) == (config.total_epochs is None):
+        raise ValueError("set exactly one of config.total_steps and config.total_epochs")
+    if config.total_steps is not None:
+        return int(config.total_steps)
+    return max(1, math.ceil(config.total_epochs * num_examples / config.input.batch_size))
+
+
+def resolve_dtypes(config) -> tuple[str, str, bool]:
+    """(compute dtype, frozen storage dtype, dynamic loss scaling) from the 'auto' settings."""
+    accel = jax.default_backend() in ("gpu", "tpu")
+    dtype = config.dtype if config.dtype != "auto" else ("bfloat16" if accel else "float32")
+    frozen = config.frozen_dtype if config.frozen_dtype != "auto" else dtype
+    scale = config.loss_scale == "dynamic" or (config.loss_scale == "auto" and dtype == "float16")
+    return dtype, frozen, scale
+
+
+def train(config, workdir: str) -> dict:
+    """Runs (or resumes) one training run.
+
+    Args:
+      config: a ConfigDict from configs/*.py.
+      workdir: the run's directory (created).
+
+    Returns:
+      The final evaluation results and run statistics, {name: value}.
+    """
+    t_start = time.time()
+    # ------------------------------------------------------------------------------------------
+    # Stage 0: the demo's pretraining writes the checkpoint that this run starts from.
+    # ------------------------------------------------------------------------------------------
+    os.makedirs(workdir, exist_ok=True)
+    if config.demo and jax.process_index() == 0:
+        print(
+            DEMO_BANNER.format(
+                variant=config.model_name,
+                res=config.input.res,
+                data=f"{config.synthetic} difficulty",
+                workdir=workdir,
+            ),
+            flush=True,
+        )
+    init_path = config.model_init.format(workdir=workdir)
+    if config.pretrain is not None and not os.path.exists(init_path):
+        pre_dir = os.path.join(workdir, "pretrain")
+        print(f"== Stage 1: full training of the tiny model -> {init_path}", flush=True)
+        if "preempted_at" in train(config.pretrain, pre_dir):
+            return {"preempted_at": -1}  # rerun to resume the first stage
+        print("== Stage 2: attention-only fine-tuning from it", flush=True)
+
+    # ------------------------------------------------------------------------------------------
+    # Workdir: resolved config, writer.
+    # ------------------------------------------------------------------------------------------
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json_best_effort(indent=1))
+    dtype, frozen_dtype, use_loss_scale = resolve_dtypes(config)
+
+    # ------------------------------------------------------------------------------------------
+    # Devices and mesh: every array below is a global jax.Array placed by NamedSharding.
+    # ------------------------------------------------------------------------------------------
+    mesh = sharding.make_mesh(config.mesh)
+    device = jax.devices()[0]
+
+    # ------------------------------------------------------------------------------------------
+    # Model: from a checkpoint (architecture read off its shapes) or a named variant.
+    # ------------------------------------------------------------------------------------------
+    tok_path = config.tokenizer or get_default_tokenizer_path()
+    vocab = Tokenizer(tok_path).vocab_size
+    model_kw = {
+        "dtype": dtype,
+        "remat_policy": config.remat_policy,
+        "attention_impl": config.attention_impl,
+    }
+    if init_path:
+        model_cfg = loader.read_model_config(init_path, **model_kw)
+    else:
+        model_cfg = variants.get_config(
+            config.model_name, res=config.input.res, vocab_size=vocab, **model_kw
+        ).to_dict()
+    if model_cfg["img"]["image_size"] != config.input.res:
+        raise ValueError(
+            f"{init_path} is a {model_cfg['img']['image_size']} px model but "
+            f"config res={config.input.res}; pass the matching res="
+        )
+    if model_cfg["llm"]["vocab_size"] < vocab:
+        raise ValueError(
+            f"tokenizer {tok_path} has {vocab} pieces but the model only "
+            f"{model_cfg['llm']['vocab_size']}"
+        )
+    model = paligemma.Model(**model_cfg)
+
+    # Shapes first (no memory), then dtypes: trainable masters f32, frozen ones in frozen_dtype.
+    flat_shapes = loader.param_shapes(model)
+    # ------------------------------------------------------------------------------------------
+    # Data: a per-process iterator of numpy batches, restorable from a position.
+    # ------------------------------------------------------------------------------------------
+    from pg_jax.data import core, input_pipeline  # TensorFlow enters here, and only here
+
+    source = core.get(**resolve_data(config.input.data, config))
+    steps_total = total_steps(config, source.num_examples)
+    opt = optim.make(config, optim.unflatten(flat_shapes), steps_total)
+    trainable = set(opt.trainable)
+    flat_shapes = {
+        k: jax.ShapeDtypeStruct(v.shape, jnp.float32 if k in trainable else jnp.dtype(frozen_dtype))
+        for k, v in flat_shapes.items()
+    }
+    param_shardings = sharding.infer_sharding(flat_shapes, config.sharding_strategy, mesh)
+
+    # Load or initialise straight into the target shardings; then cast leaf by leaf.
+    if init_path:
+        _, params = loader.load(
+            init_path, model_cfg=model_cfg, shardings=lambda k, s: param_shardings[k]
+        )
+    else:
+        res = config.input.res
+        dummy = (
+            jnp.zeros((1, res, res, 3)),
+            jnp.zeros((1, 2), jnp.int32),
+            jnp.zeros((1, 2), jnp.int32),
+        )
+        init = jax.jit(
+            lambda r: model.init(r, *dummy)["params"],
+            out_shardings=optim.unflatten(param_shardings),
+        )
+        params = init(jax.random.PRNGKey(config.seed))
+    flat = optim.flatten(params)
+    del params
+    flat = {
+        k: v if v.dtype == flat_shapes[k].dtype else v.astype(flat_shapes[k].dtype)
+        for k, v in flat.items()
+    }
+    params = optim.unflatten(flat)
+
+    # Optimizer state only for trainable leaves, created sharded (jit with out_shardings).
+    tr_shapes = {k: flat_shapes[k] for k in opt.trainable}
+    opt_shapes = jax.eval_shape(opt.tx.init, tr_shapes)
+    opt_shardings = sharding.infer_sharding(opt_shapes, config.sharding_strategy, mesh)
+    opt_state = jax.jit(opt.tx.init, out_shardings=opt_shardings)(
+        {k: flat[k] for k in opt.trainable}
+    )
+    del flat
+    train_state = {"params": params, "opt": opt_state}
+    if use_loss_scale:
+        train_state["loss_scale"] = jax.device_put(
+            step_lib.init_loss_scale(),
+            jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()),
+        )
+    state_shardings = jax.tree_util.tree_map(lambda x: x.sharding, train_state)
+
+    # ------------------------------------------------------------------------------------------
+    # Resume: the newest committed checkpoint of this workdir, if any.
+    # ------------------------------------------------------------------------------------------
+    ckpt = checkpoint.Checkpointer(workdir, every_steps=config.ckpt_steps, keep=config.keep_ckpts)
+    start_step, iter_state = 0, None
+    latest = ckpt.latest_step()
+    if latest is not None:
+        target = checkpoint.abstract(checkpoint.savable(train_state, opt.trainable))
+        saved, data_state = ckpt.restore(latest, target)
+        train_state = checkpoint.restore_into(train_state, saved, opt.trainable)
+        start_step, iter_state = data_state["step"], data_state["iterator"]
+
+    writer = metrics.MetricWriter(
+        workdir,
+        total_steps=steps_total,
+        progress_bar=config.progress_bar,
+        start_step=start_step,
+    )
+    log = writer.log
+    log(
+        f"Devices: {jax.device_count()} x {device.device_kind} ({jax.process_count()} "
+        f"process(es)), mesh {dict(mesh.shape)}; compute {dtype}, frozen weights {frozen_dtype}"
+        f"{', dynamic loss scaling' if use_loss_scale else ''}."
+    )
+    log(
+        f"Model from {init_path or 'random init (' + config.model_name + ')'}; "
+        f"{source.num_examples} training examples; {steps_total} steps of "
+        f"{config.input.batch_size}."
+    )
+    if latest is not None:
+        log(f"Resumed from {workdir}/ckpt/{latest} (step {start_step}).")
+    log("Parameters:\n" + accounting.param_overview(flat_shapes, opt.trainable))
+    log("Sharded parameters:\n" + sharding.describe(param_shardings, flat_shapes))
+
+    local_batch = config.input.batch_size // jax.process_count()
+    pp = input_pipeline.pp_train(
+        config.input.res,
+        config.input.text_len,
+        config.input.prompt,
+        config.tokenizer or None,
+    )
+    it = input_pipeline.make_iterator(
+        source,
+        pp,
+        batch_size=local_batch,
+        seed=config.seed,
+        state=iter_state,
+        shuffle_buffer=config.input.shuffle_buffer,
+    )
+
+    # ------------------------------------------------------------------------------------------
+    # Compile once: donated state, explicit output shardings; log memory before running.
+    # ------------------------------------------------------------------------------------------
+    update_fn = step_lib.make_update_fn(
+        model, opt, loss_len=config.loss_len, grad_accum_steps=config.grad_accum_steps
+    )
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    jitted = jax.jit(update_fn, donate_argnums=(0,), out_shardings=(state_shardings, replicated))
+    first = sharding.global_batch(next(it), mesh)
+    rng = jax.device_put(jax.random.PRNGKey(config.seed), replicated)
+    t0 = time.time()
+    compiled = jitted.lower(train_state, rng, first).compile()
+    report, peak, limit = accounting.memory_report(compiled, device)
+    log(f"Compiled the train step in {time.time() - t0:.1f}s. Memory:\n{report}")
+    if peak and limit and peak > limit:
+        log(
+            f"WARNING: predicted peak {peak / 2**30:.1f} GiB > device memory "
+            f"{limit / 2**30:.1f} GiB. Knobs: --config.input.batch_size (smaller), "
+            "--config.grad_accum_steps (same effective batch, less memory), "
+            "--config.remat_policy=nothing_saveable, --config.frozen_dtype=bfloat16/float16, "
+            "dtype=bfloat16, freeze=attn."
+        )
+    flops_ex = accounting.train_flops_per_example(
+        model_cfg, flat_shapes, opt.trainable, config.input.text_len, config.loss_len
+    )
+    peak_flops = accounting.peak_flops(device.device_kind)
+
+    # ------------------------------------------------------------------------------------------
+    # Evaluators: {prefix: (evaluator, every_steps)}; their data is read on first use.
+    # ------------------------------------------------------------------------------------------
+    eval_cfg = {
+        k: dict(
+            v,
+            data=resolve_data(v["data"], config),
+            **(
+                {"baseline_data": resolve_data(v["baseline_data"], config)}
+                if "baseline_data" in v
+                else {}
+            ),
+        )
+        for k, v in config.evals.items()
+    }
+    evals = evaluators.from_config(
+        eval_cfg, model=model, tokenizer=config.tokenizer or None, workdir=workdir
+    )
+    results: dict[str, float] = {}
+
+    def run_evals(step: int, due) -> bool:
+        """Runs the evaluators that are due; returns whether any ran."""
+        ran = False
+        for ev, every in evals.values():
+            if not due(every):
+                continue
+            ran = True
+            t = time.time()
+            values = dict(ev.run(train_state["params"]))
+            writer.write(step, values)
+            results.update(values)
+            shown = ", ".join(f"{k}={v:.4f}" for k, v in values.items())
+            log(f"[eval step {step}] {shown} ({time.time() - t:.1f}s)")
+        return ran
+
+    if start_step == 0 and config.eval_at_start:
+        run_evals(0, lambda every: True)
+        results_before = dict(results)
+    else:
+        results_before = {}
+
+    # ------------------------------------------------------------------------------------------
+    # Train loop: one jitted step per batch; the host checks finiteness and writes metrics.
+    # ------------------------------------------------------------------------------------------
+    preempt = checkpoint.Preemption()
+    batch, t_log, n_log, step = first, time.time(), 0, start_step
+    tokens_per_ex = config.input.text_len + model.num_image_tokens
+    try:
+        for step in range(start_step + 1, steps_total + 1):
+            # No implicit host<->device copies inside the step: inputs are already global arrays.
+            with jax.transfer_guard("disallow"):
+                train_state, m = compiled(train_state, rng, batch)
+            m = {k: float(v) for k, v in jax.device_get(m).items()}
+            _check_finite(step, m, ckpt, workdir)
+            n_log += 1
+            if step % config.log_training_steps == 0 or step == steps_total:
+                dt = max(time.time() - t_log, 1e-9)
+                ex_s = n_log * config.input.batch_size / dt
+                m.update(
+                    {
+                        "examples/s": ex_s,
+                        "tokens/s": ex_s * tokens_per_ex,
+                        "step_time_s": dt / n_log,
+                    }
+                )
+                if peak_flops:
+                    m["mfu"] = flops_ex * ex_s / (peak_flops * jax.device_count())
+                writer.write(step, m)
+                writer.progress(step, m["training_loss"], ex_s)
+                t_log, n_log = time.time(), 0
+            ckpt.save(
+                step,
+                checkpoint.savable(train_state, opt.trainable),
+                {"step": step, "iterator": it.state()},
+            )
+            if preempt.requested:
+                ckpt.save(
+                    step,
+                    checkpoint.savable(train_state, opt.trainable),
+                    {"step": step, "iterator": it.state()},
+                    force=True,
+                )
+                ckpt.wait()
+                log(
+                    f"Preempted: saved step {step} to {workdir}/ckpt; rerun the same command "
+                    "to resume."
+                )
+                return {"preempted_at": step}
+            if step < steps_total:
+                if run_evals(step, lambda every, s=step: every and s % every == 0):
+                    t_log, n_log = time.time(), 0  # keep eval time out of examples/s
+                batch = sharding.global_batch(next(it), mesh)
+    finally:
+        preempt.restore_handler()
+        writer.end_progress()
+
+    # ------------------------------------------------------------------------------------------
+    # End: final evals, last checkpoint, merged params (.npz + HF), curve, summary.
+    # ------------------------------------------------------------------------------------------
+    run_evals(steps_total, lambda every: True)
+    ckpt.save(
+        steps_total,
+        checkpoint.savable(train_state, opt.trainable),
+        {"step": steps_total, "iterator": it.state()},
+        force=True,
+    )
+    ckpt.close()
+    if jax.process_index() == 0:
+        params_host = jax.device_get(train_state["params"])
+        exporter.save_npz(params_host, os.path.join(workdir, "params.npz"))
+        if config.export_hf:
+            export_cfg = copy.deepcopy(model_cfg)
+            exporter.save_hf(
+                export_cfg, params_host, os.path.join(workdir, "hf"), tokenizer=tok_path
+            )
+        curve = metrics.plot(
+            workdir,
+            [
+                "training_loss",
+                *sorted(k for k in results if k.endswith(("/loss", "/anls"))),
+            ],
+        )
+        log(
+            f"Wrote {workdir}/params.npz"
+            + (f", {workdir}/hf/" if config.export_hf else "")
+            + (f", {curve}" if curve else "")
+            + "."
+        )
+    summary = {**results, "wall_clock_s": time.time() - t_start, "steps": steps_total}
+    _print_summary(log, results_before, results, summary, evals)
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+        json.dump({"before": results_before, "after": summary}, f, indent=1)
+    writer.close()
+    return summary
+
+
+def _check_finite(step: int, m: dict, ckpt: checkpoint.Checkpointer, workdir: str) -> None:
+    """Stops the run on NaN/Inf, naming the step; the last good checkpoint stays on disk."""
+    names = ["training_loss", "l2_params"] + ([] if m.get("skipped") else ["l2_grads"])
+    bad = {k: m[k] for k in names if not np.isfinite(m[k])}
+    if bad:
+        ckpt.wait()
+        last = ckpt.latest_step()
+        raise FloatingPointError(
+            f"step {step}: non-finite {bad}. The last good checkpoint is "
+            + (f"{workdir}/ckpt/{last} (step {last})" if last is not None else "none")
+            + ". Lower --config.lr, check the data, or use dtype=bfloat16/float32."
+        )
+
+
+def _print_summary(log, before: dict, after: dict, summary: dict, evals: dict) -> None:
+    """The before/after table the demo ends with."""
+    lines = [
+        f"Done in {summary['wall_clock_s']:.0f}s in all ({summary['steps']} steps in this stage)."
+    ]
+    for k in sorted(after):
+        b = f"{before[k]:.4f} -> " if k in before else ""
+        lines.append(f"  {k}: {b}{after[k]:.4f}")
+    for prefix, (ev, _) in evals.items():
+        if hasattr(ev, "baseline_answer"):
+            lines.append(
+                f"  image-blind baseline (always {ev.baseline_answer!r}): "
+                f"{prefix}/anls = {before.get(prefix + '/baseline_anls', float('nan')):.4f}"
+            )
+    log("\n".join(lines))
+
+
+def main(argv) -> None:
+    del argv
+    if not flags.FLAGS["verbosity"].present:  # orbax and XLA log every save at INFO
+        logging.set_verbosity(logging.WARNING)
+    sharding.initialize_distributed()  # before anything touches the devices
+    train(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["config", "workdir"])
+    app.run(main)

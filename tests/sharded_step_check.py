@@ -1,0 +1,60 @@
+"""Run in a subprocess with 8 fake CPU devices: the FSDP-sharded step equals one device."""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax
+import numpy as np
+
+jax.config.update("jax_threefry_partitionable", True)
+
+from pg_jax import optim, sharding
+from pg_jax import step as step_lib
+from tests import tiny_setup
+
+
+def run(devices, strategy):
+    mesh = sharding.make_mesh([("data", -1)], devices)
+    model = tiny_setup.model()
+    params = tiny_setup.params(model)
+    # SGD: linear in the gradient, so float reassociation across devices stays tiny (Adam's
+    # g / sqrt(v) turns ~0 gradients into +-lr and amplifies it).
+    opt = optim.make(tiny_setup.opt_config("attn", optax_name="sgd", lr=0.5), params, 10)
+    p_sh = sharding.infer_sharding(params, strategy, mesh)
+    params = jax.device_put(params, p_sh)
+    tr = optim.split(params, opt.trainable)[0]
+    o_sh = sharding.infer_sharding(jax.eval_shape(opt.tx.init, tr), strategy, mesh)
+    state = {"params": params, "opt": jax.jit(opt.tx.init, out_shardings=o_sh)(tr)}
+    shardings = jax.tree_util.tree_map(lambda x: x.sharding, state)
+    fn = jax.jit(
+        step_lib.make_update_fn(model, opt, loss_len=6),
+        donate_argnums=(0,),
+        out_shardings=(shardings, None),
+    )
+    losses = []
+    for i in range(3):
+        batch = sharding.global_batch(tiny_setup.batch(b=8, seed=i), mesh)
+        state, m = fn(state, jax.random.PRNGKey(0), batch)
+        losses.append(float(m["training_loss"]))
+    n_sharded = sum(
+        any(a is not None for a in x.sharding.spec) for x in jax.tree_util.tree_leaves(state)
+    )
+    return losses, jax.device_get(optim.flatten(state["params"])), n_sharded
+
+
+def main():
+    assert jax.device_count() == 8, jax.devices()
+    strategy = [(".*", 'fsdp(axis="data", min_size_mb=0)')]
+    l8, p8, n8 = run(jax.devices(), strategy)
+    l1, p1, _ = run(jax.devices()[:1], strategy)
+    assert n8 > 10, f"only {n8} sharded leaves"
+    np.testing.assert_allclose(l8, l1, rtol=1e-5)
+    for k in p1:
+        np.testing.assert_allclose(p8[k], p1[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    print("SHARDED_OK", l8, n8)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""Every config builds; bad arguments fail with a clear message."""
+
+import glob
+import importlib
+import os
+
+import pytest
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+CONFIGS = sorted(
+    os.path.basename(p)[:-3]
+    for p in glob.glob(os.path.join(CONFIG_DIR, "*.py"))
+    if not p.endswith(("common.py", "__init__.py"))
+)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.parametrize(
+    "arg",
+    [None, "mode=runlocal", "ckpt=/x.npz,data=/d,res=448", "freeze=full,dtype=float16"],
+)
+def test_config_builds(name, arg):
+    cfg = importlib.import_module(f"configs.{name}").get_config(arg)
+    assert cfg.input.batch_size > 0 and cfg.evals
+    assert (cfg.total_steps is None) != (cfg.total_epochs is None)
+    cfg.to_json_best_effort()  # the trainer writes it to the workdir
+
+
+def test_demo_defaults():
+    from configs import docvqa
+
+    cfg = docvqa.get_config()
+    assert cfg.demo and cfg.pretrain is not None and cfg.model_init.endswith("params.npz")
+    assert cfg.schedule[0][0] == "llm/layers/attn/.*" and cfg.schedule[-1] == (
+        ".*",
+        None,
+    )
+    real = docvqa.get_config("ckpt=/c.npz,data=/d")
+    assert not real.demo and real.pretrain is None and real.lr == 1e-5
+
+
+@pytest.mark.parametrize(
+    "arg, message",
+    [
+        ("resolution=448", "unknown config argument 'resolution'"),
+        ("res=big", "res='big': expected int"),
+        ("freeze=some", "freeze='some'"),
+        ("mode=fast", "mode='fast'"),
+    ],
+)
+def test_bad_arguments(arg, message):
+    from configs import docvqa
+
+    with pytest.raises(ValueError, match=message):
+        docvqa.get_config(arg)
+
+
+def test_locked_config_rejects_unknown_override():
+    from configs import docvqa
+
+    cfg = docvqa.get_config()
+    cfg.lock()
+    with pytest.raises(AttributeError):
+        cfg.learning_rate = 1.0

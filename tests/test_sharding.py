@@ -1,0 +1,53 @@
+"""Mesh and sharding rules; the 8-device FSDP step equals one device (subprocess)."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import pytest
+from jax.sharding import PartitionSpec
+
+from pg_jax import sharding
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def test_fsdp_rule_shards_largest_divisible_dim():
+    mesh = sharding.make_mesh([("data", -1)])
+    tree = {
+        "big": jax.ShapeDtypeStruct((6, 1024, 2048), "float32"),
+        "small": jax.ShapeDtypeStruct((3,), "float32"),
+    }
+    sh = sharding.infer_sharding(tree, [(".*", 'fsdp(axis="data")')], mesh)
+    n = jax.device_count()
+    assert sh["small"].spec == PartitionSpec()
+    assert sh["big"].spec == (PartitionSpec(None, None, "data") if n > 1 else PartitionSpec())
+
+
+def test_bad_rules_and_meshes():
+    with pytest.raises(ValueError, match="unknown rule"):
+        sharding.infer_sharding(
+            {"a": jax.ShapeDtypeStruct((2,), "float32")},
+            [(".*", "tp()")],
+            sharding.make_mesh([("data", -1)]),
+        )
+    with pytest.raises(ValueError, match="does not fit"):
+        sharding.make_mesh([("data", 3 * jax.device_count() + 1)])
+
+
+def test_sharded_step_equals_single_device():
+    env = dict(
+        os.environ,
+        XLA_FLAGS="--xla_force_host_platform_device_count=8",
+        JAX_PLATFORMS="cpu",
+    )
+    out = subprocess.run(
+        [sys.executable, os.path.join(HERE, "sharded_step_check.py")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert "SHARDED_OK" in out.stdout, out.stdout[-2000:] + out.stderr[-4000:]

@@ -1,0 +1,100 @@
+"""End-to-end: the CLI smoke run and resume, kill -9 + resume == uninterrupted, NaN stop."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+ENV = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2", JAX_PLATFORMS="cpu")
+
+
+def _read(path):
+    with open(path) as f:
+        return f.read()
+
+
+def _run(args, timeout=600):
+    return subprocess.run(
+        args,
+        env=ENV,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def test_cli_two_steps_then_resume(synth, tmp_path):
+    wd = str(tmp_path / "run")
+    config = f"configs/docvqa.py:mode=runlocal,res=28,text_len=16,data={synth}/docvqa"
+    cmd = [sys.executable, "-m", "pg_jax.train", "--config", config, "--workdir", wd]
+    out = _run(cmd)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    for name in (
+        "params.npz",
+        "hf/config.json",
+        "hf/model.safetensors",
+        "metrics.jsonl",
+        "config.json",
+        "summary.json",
+        "train.log",
+        "training_curve.png",
+    ):
+        assert os.path.exists(os.path.join(wd, name)), name
+    assert os.listdir(os.path.join(wd, "tb"))
+    records = [json.loads(line) for line in _read(os.path.join(wd, "metrics.jsonl")).splitlines()]
+    train_rec = [r for r in records if "training_loss" in r]
+    assert [r["step"] for r in train_rec] == [1, 2]
+    for key in ("l2_grads", "l2_params", "l2_updates", "lr", "examples/s", "tokens/s"):
+        assert key in train_rec[-1], key
+    assert any("docvqa/val/pplx/loss" in r for r in records)
+
+    out = _run(cmd + ["--config.total_steps=4"])
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    log = _read(os.path.join(wd, "train.log"))
+    assert "Resumed from" in log and "(step 2)" in log
+
+    import pg_jax
+
+    model, _params = pg_jax.load(os.path.join(wd, "params.npz"))
+    assert model.img["image_size"] == 28
+
+
+@pytest.mark.slow
+def test_kill9_mid_save_then_resume_equals_uninterrupted(synth, tmp_path):
+    runner = os.path.join(HERE, "train_runner.py")
+    data = f"{synth}/docvqa"
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    out = _run([sys.executable, runner, a, data, "6"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    out = _run([sys.executable, runner, b, data, "6", "4"])
+    assert out.returncode == -9, (out.returncode, out.stderr[-3000:])
+    out = _run([sys.executable, runner, b, data, "6"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Resumed from" in _read(os.path.join(b, "train.log"))
+    pa, pb = (
+        np.load(os.path.join(a, "params.npz")),
+        np.load(os.path.join(b, "params.npz")),
+    )
+    assert sorted(pa.files) == sorted(pb.files)
+    for k in pa.files:
+        np.testing.assert_array_equal(pa[k], pb[k], err_msg=k)
+
+
+def test_nan_stops_naming_the_step(synth, tmp_path):
+    sys.path.insert(0, HERE)
+    from train_runner import tiny_config
+
+    from pg_jax import train
+
+    cfg = tiny_config(f"{synth}/docvqa", 6)
+    cfg.lr = 1e38  # the first update overflows the parameters
+    cfg.grad_clip_norm = 0.0
+    with pytest.raises(FloatingPointError, match=r"step \d+: non-finite"):
+        train.train(cfg, str(tmp_path / "nan"))
