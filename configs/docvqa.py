@@ -33,7 +33,6 @@ tokenizer=/ckpt/paligemma_tokenizer.model,data=/data/docvqa_train_448
 
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import ml_collections
@@ -78,7 +77,7 @@ def training_data(c) -> ml_collections.ConfigDict:
 
 
 def add_evals(c, cfg) -> None:
-    """Held-out perplexity always; the ANLS decode evaluator when `pg_jax.evaluators.vqa` exists."""
+    """Held-out perplexity and the ANLS decode evaluator (with an image-blind baseline)."""
     split = "val"
     data = _data_source(c.eval_data or c.data, split)
     limit = 16 if c.mode == "runlocal" else (256 if c.demo else None)
@@ -97,28 +96,17 @@ def add_evals(c, cfg) -> None:
         "batch_size": 64 if c.demo else 16,
         "loss_len": cfg.loss_len,
     }
-    # TODO(lead): drop the guard once pg_jax/evaluators/vqa.py is merged.
-    if importlib.util.find_spec("pg_jax.evaluators.vqa") is not None:
-        cfg.evals["docvqa/val"] = {
-            "type": "vqa",
-            "every_steps": every,
-            "data": data,
-            "res": c.res,
-            "text_len": c.text_len,
-            "batch_size": 64 if c.demo else 16,
-            "max_decode_len": 8 if c.demo else c.text_len,
-        }
-    else:  # Stop-gap until then: greedy decode, exact match and ANLS (pg_jax/evaluators/quick.py).
-        cfg.evals["docvqa/val/quick"] = {
-            "type": "quick",
-            "every_steps": every,
-            "data": data,
-            "res": c.res,
-            "text_len": c.text_len,
-            "batch_size": 64 if c.demo else 16,
-            "max_decode_len": 8 if c.demo else c.text_len,
-            "baseline_data": training_data(c).data.to_dict(),
-        }
+    cfg.evals["docvqa/val"] = {
+        "type": "vqa",
+        "every_steps": every,
+        "data": data,
+        "res": c.res,
+        "text_len": c.text_len,
+        "batch_size": 64 if c.demo else 16,
+        "max_decode_len": 8 if c.demo else c.text_len,
+        # Prints what an image-blind model (the most common training answer) scores.
+        "baseline_data": training_data(c).data.to_dict(),
+    }
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -238,5 +226,4 @@ def metrics(arg: str | None = None) -> list[str]:
         "training_loss",
         "docvqa/val/pplx/loss",
         "docvqa/val/anls",
-        "docvqa/val/quick/anls",
     ]

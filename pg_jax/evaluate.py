@@ -93,11 +93,14 @@ def evals_from_config(config, split: str | None, limit: int | None) -> dict[str,
                 continue  # A prepared cache is one fixed split; its prefix says which.
             data["split"] = split
             prefix = f"{prefix.rsplit('/', 1)[0]}/{split}"
-        if data.get("path") == "synthetic":  # The trainer's placeholder for the embedded set.
-            from pg_jax.data import synthetic
+        # The trainer's placeholder for the embedded set (in data and the baseline's data).
+        from pg_jax.data import synthetic
 
-            difficulty = config.synthetic if "synthetic" in config else "easy"
-            data["path"] = os.path.join(synthetic.ensure_synthetic(difficulty=difficulty), "docvqa")
+        difficulty = config.synthetic if "synthetic" in config else "easy"
+        data = synthetic.resolve_placeholder(data, difficulty)
+        if "baseline_data" in entry:
+            entry["baseline_data"] = synthetic.resolve_placeholder(entry["baseline_data"],
+                                                                   difficulty)
         if limit:
             data["limit"] = limit
         entry["data"] = data

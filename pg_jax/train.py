@@ -48,14 +48,9 @@ ckpt=paligemma-3b-pt-448.npz,tokenizer=paligemma_tokenizer.model,data=/data/docv
 
 def resolve_data(spec: dict, config) -> dict:
     """A data spec with the synthetic placeholder replaced by the generated set's directory."""
-    spec = dict(spec)
-    if spec.get("path") == "synthetic":
-        from pg_jax.data import synthetic  # generation needs PIL only
+    from pg_jax.data import synthetic  # generation needs PIL only
 
-        spec["path"] = os.path.join(
-            synthetic.ensure_synthetic(difficulty=config.synthetic), "docvqa"
-        )
-    return spec
+    return synthetic.resolve_placeholder(spec, config.synthetic)
 
 
 def total_steps(config, num_examples: int) -> int:
@@ -444,7 +439,7 @@ def _print_summary(log, before: dict, after: dict, summary: dict, evals: dict) -
         b = f"{before[k]:.4f} -> " if k in before else ""
         lines.append(f"  {k}: {b}{after[k]:.4f}")
     for prefix, (ev, _) in evals.items():
-        if hasattr(ev, "baseline_answer"):
+        if getattr(ev, "baseline_answer", None) is not None:
             lines.append(
                 f"  image-blind baseline (always {ev.baseline_answer!r}): "
                 f"{prefix}/anls = {before.get(prefix + '/baseline_anls', float('nan')):.4f}"

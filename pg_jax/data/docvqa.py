@@ -132,6 +132,10 @@ class _Reader:
     def num_examples(self) -> int:
         return len(self._selected)
 
+    def selected_answers(self) -> list[list[str]]:
+        """Ground-truth answers of the selected records (metadata only, no image reads)."""
+        return [list(ex.answers) for ex in self._selected]
+
     def num_examples_for(self, shard_index: int, shard_count: int) -> int:
         return len(range(shard_index, self.num_examples, shard_count))
 

@@ -557,3 +557,14 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+PLACEHOLDER = "synthetic"  # a config's data path meaning "the embedded synthetic set"
+
+
+def resolve_placeholder(spec: dict, difficulty: str = "easy") -> dict:
+    """A data spec with ``path="synthetic"`` replaced by the generated set's JSON release."""
+    spec = dict(spec)
+    if spec.get("path") == PLACEHOLDER:
+        spec["path"] = os.path.join(ensure_synthetic(difficulty=difficulty), "docvqa")
+    return spec

@@ -26,6 +26,7 @@ last batch (``_mask`` False) are skipped; detokenisation stops at eos.
 
 from __future__ import annotations
 
+import collections
 import io
 import json
 import math
@@ -119,6 +120,7 @@ class Evaluator:
         report: bool = False,
         report_rows: int = 500,
         progress: bool | None = None,
+        baseline_data: dict | None = None,
         **unused: Any,
     ):
         """Builds the data source and the predict function.
@@ -141,6 +143,9 @@ class Evaluator:
           report: also write an HTML report with page thumbnails (costs a PNG per question).
           report_rows: questions shown in the report, worst first.
           progress: tqdm progress bar; None shows it for runs of 20 batches or more.
+          baseline_data: a training source spec; on the first run also yield
+            ``baseline_anls``, the score of an image-blind model that always gives the most
+            common training answer (``self.baseline_answer``).
           **unused: other config keys (e.g. the trainer's ``log_percent``) are ignored.
         """
         del unused
@@ -160,6 +165,8 @@ class Evaluator:
         self.pred_kw = {**kw, **(pred_kw or {})}
         self.report, self.report_rows, self.progress = report, report_rows, progress
         self.stem = common.metric_file_stem(prefix)
+        self.baseline_data = baseline_data
+        self.baseline_answer: str | None = None
         # Filled by run(), for the evaluate CLI and tests.
         self.records: list[dict] = []
         self.outputs: dict[str, str] = {}
@@ -226,10 +233,28 @@ class Evaluator:
         num, num_truncated = int(summed[-2]), int(summed[-1])
         metrics = totals.metrics() if totals.count else {}
         metrics.update(num=num, num_truncated=num_truncated, examples_per_sec=num / seconds)
+        if self.baseline_data is not None and totals.count:
+            metrics.update(self._baseline(records))
         self.records = records
         self._write(records, thumbs, metrics, scored=totals.count > 0)
         for name, value in metrics.items():
             yield f"{self.prefix}/{name}", value
+
+    def _baseline(self, records: list[dict]) -> dict[str, float]:
+        """ANLS of always answering the most common training answer (computed once)."""
+        from pg_jax.data import core
+
+        spec, self.baseline_data = dict(self.baseline_data), None
+        train = core.get(spec.pop("name"), **spec)
+        if not hasattr(train, "selected_answers"):  # e.g. a prepared cache: no metadata pass
+            return {}
+        counts = collections.Counter(a[0] for a in train.selected_answers() if a)
+        if not counts:
+            return {}
+        self.baseline_answer = counts.most_common(1)[0][0]
+        scores = [anls_lib.anls(self.baseline_answer, r["answers"]) for r in records
+                  if r["answers"]]
+        return {"baseline_anls": float(np.mean(scores))}
 
     # ------------------------------------------------------------------------------------------
     def _write(self, records: list[dict], thumbs: dict, metrics: dict, scored: bool) -> None:
