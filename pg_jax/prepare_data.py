@@ -5,7 +5,7 @@
 
 Each page is decoded and resized to res x res ONCE (questions of a page share the work; ~3.9 per
 page in DocVQA), then every question is written with its page as PNG (default) or raw uint8
-(`--image_format raw`, faster to read back, larger on disk: see BENCHMARKS_data.md). The cache holds
+(`--image_format raw`, faster to read back, larger on disk: see BENCHMARKS.md). The cache holds
 `data-NNNNN.tfrecord` shards and `manifest.json` (counts, skip reasons with the first few ids,
 options). Running again with the same options reuses the cache; with other options it refuses
 (naming the differences) unless `--overwrite` is given, so two subsets never mix in one directory.

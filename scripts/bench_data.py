@@ -5,7 +5,7 @@ For each resolution: from the prepared cache (PNG and raw uint8 images) and from
 synthetic set (850x1100 grayscale pages, like DocVQA scans) unless --input points to a DocVQA
 JSON release. Writes a markdown table to --md.
 
-  python scripts/bench_data.py [--res 224 448 896] [--examples 512] [--md BENCHMARKS_data.md]
+  python scripts/bench_data.py [--res 224 448 896] [--examples 512] [--md bench_data.md]
 """
 
 import argparse
