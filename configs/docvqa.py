@@ -25,8 +25,9 @@ Real run (PaliGemma 1 3B at 448 px, one 16 GB card, attention-only, frozen weigh
 tokenizer=/ckpt/paligemma_tokenizer.model,data=/data/docvqa_train_448
 
   ``data`` is a prepare_data cache, an HF parquet directory or the original JSON release (the
-  reader is chosen by what is there). Arguments (``:key=value,...``): res, variant (no ckpt
-  only), ckpt, tokenizer, data, eval_data, freeze (attn | full | llm | vit_frozen), mode
+  reader is chosen by what is there; with ``cache_dir=DIR`` a raw source is prepared into DIR on
+  first use and read from there afterwards). Arguments (``:key=value,...``): res, variant (no ckpt
+  only), ckpt, tokenizer, data, cache_dir, eval_data, freeze (attn | full | llm | vit_frozen), mode
   (full | runlocal), text_len, dtype (auto | bfloat16 | float16 | float32). Leaf overrides:
   ``--config.lr=3e-5 --config.input.batch_size=16``.
 """
@@ -73,6 +74,9 @@ def training_data(c) -> ml_collections.ConfigDict:
     inp.prompt = "{question}"  # big_vision's DocVQA prompt (HF recipes: "answer en {question}")
     inp.batch_size = 2 if c.mode == "runlocal" else (16 if c.demo else 8)
     inp.shuffle_buffer = 0 if c.mode == "runlocal" else 1000
+    # A directory to prepare a raw (parquet / JSON) source into on first use, so that later runs
+    # start in seconds (see pg_jax.prepare_data); "" reads the raw source every time.
+    inp.cache_dir = c.cache_dir
     return inp
 
 
@@ -128,6 +132,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         ckpt="",
         tokenizer="",
         data="",
+        cache_dir="",
         eval_data="",
         freeze="attn",
         mode="full",

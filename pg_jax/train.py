@@ -53,6 +53,22 @@ def resolve_data(spec: dict, config) -> dict:
     return synthetic.resolve_placeholder(spec, config.synthetic)
 
 
+def prepared_training_data(spec: dict, config) -> dict:
+    """With ``config.input.cache_dir``, a raw DocVQA source is prepared once into that cache
+    (decoded and resized to ``config.input.res``) and read from there; later runs with the
+    same options reuse it, and different options are refused rather than mixed in."""
+    readers = {"docvqa_hf": "hf-parquet", "docvqa_json": "docvqa-json"}
+    if not config.input.cache_dir or spec["name"] not in readers:
+        return spec
+    from pg_jax import prepare_data
+
+    selection = {k: spec[k] for k in ("limit", "fraction", "sample_seed", "question_types")
+                 if spec.get(k) is not None}
+    prepare_data.prepare(readers[spec["name"]], spec["path"], spec.get("split", "train"),
+                         config.input.cache_dir, res=config.input.res, **selection)
+    return {"name": "docvqa_prepared", "path": config.input.cache_dir}
+
+
 def total_steps(config, num_examples: int) -> int:
     """Exactly one of config.total_steps / total_epochs, converted to steps."""
     if (config.total_steps is None) == (config.total_epochs is None):
@@ -152,7 +168,7 @@ def train(config, workdir: str) -> dict:
     # ------------------------------------------------------------------------------------------
     from pg_jax.data import core, input_pipeline  # TensorFlow enters here, and only here
 
-    source = core.get(**resolve_data(config.input.data, config))
+    source = core.get(**prepared_training_data(resolve_data(config.input.data, config), config))
     steps_total = total_steps(config, source.num_examples)
     opt = optim.make(config, optim.unflatten(flat_shapes), steps_total)
     trainable = set(opt.trainable)
