@@ -403,8 +403,18 @@ def train(config, workdir: str) -> dict:
         force=True,
     )
     ckpt.close()
+    params_out = train_state["params"]
+    if jax.process_count() > 1:
+        # Arrays sharded across hosts are not addressable from one process: every process
+        # takes part in gathering them (a collective), then process 0 writes.
+        from jax.experimental import multihost_utils
+
+        params_out = jax.tree.map(
+            lambda x: multihost_utils.process_allgather(x, tiled=True), params_out
+        )
     if jax.process_index() == 0:
-        params_host = jax.device_get(train_state["params"])
+        # The exporters fetch one array at a time, so no second full copy is made here.
+        params_host = params_out
         exporter.save_npz(params_host, os.path.join(workdir, "params.npz"))
         if config.export_hf:
             export_cfg = copy.deepcopy(model_cfg)
