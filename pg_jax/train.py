@@ -436,6 +436,8 @@ def train(config, workdir: str) -> dict:
         )
     summary = {**results, "wall_clock_s": time.time() - t_start, "steps": steps_total}
     _print_summary(log, results_before, results, summary, evals)
+    if config.pretrain is not None:
+        _print_demo_recap(log, os.path.join(workdir, "pretrain", "summary.json"), summary)
     with open(os.path.join(workdir, "summary.json"), "w") as f:
         json.dump({"before": results_before, "after": summary}, f, indent=1)
     writer.close()
@@ -470,6 +472,20 @@ def _print_summary(log, before: dict, after: dict, summary: dict, evals: dict) -
                 f"  image-blind baseline (always {ev.baseline_answer!r}): "
                 f"{prefix}/anls = {before.get(prefix + '/baseline_anls', float('nan')):.4f}"
             )
+    log("\n".join(lines))
+
+
+def _print_demo_recap(log, pretrain_summary: str, final: dict) -> None:
+    """The embedded demo's story in one table: random init -> stage 1 -> stage 2."""
+    if not os.path.exists(pretrain_summary):
+        return
+    with open(pretrain_summary) as f:
+        stage1 = json.load(f)
+    lines = ["Embedded demo, held-out synthetic questions: random init -> pretrained -> fine-tuned"]
+    for k in sorted(final):
+        if k.endswith(("/anls", "/exact_match", "/baseline_anls")) or "/anls/" in k:
+            start, mid = stage1["before"].get(k, float("nan")), stage1["after"].get(k, float("nan"))
+            lines.append(f"  {k}: {start:.4f} -> {mid:.4f} -> {final[k]:.4f}")
     log("\n".join(lines))
 
 
