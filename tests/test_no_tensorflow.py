@@ -1,4 +1,5 @@
-"""The GPU machine has no TensorFlow: decoding, predict and the decode benchmark must not need it."""
+"""The GPU machine has no TensorFlow: the model, train step, decoding, predict, export and the
+benchmark scripts must not need it (only the input pipeline does)."""
 
 import os
 import subprocess
@@ -7,9 +8,11 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHECK = (
     "import sys, importlib.util\n"
-    "spec = importlib.util.spec_from_file_location('bench', 'scripts/bench_decode.py')\n"
-    "spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
+    "for script in ('bench_decode', 'bench_forward', 'bench_train_step', 'profile_decode'):\n"
+    "    spec = importlib.util.spec_from_file_location(script, f'scripts/{script}.py')\n"
+    "    spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
     "import pg_jax.predict, pg_jax.predict_fns, pg_jax.report, pg_jax.evaluators.anls\n"
+    "import pg_jax.step, pg_jax.optim, pg_jax.sharding, pg_jax.export, pg_jax.models.loader\n"
     "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'\n"
 )
 
