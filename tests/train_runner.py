@@ -1,7 +1,7 @@
-"""Runs a tiny training in a subprocess: `python train_runner.py WORKDIR DATA STEPS [KILL_AT]`.
+"""Runs a tiny training in a subprocess: `python train_runner.py WORKDIR DATA STEPS [KILL_AT [SIG]]`.
 
-With KILL_AT, the process SIGKILLs itself right after starting the (async) save of that step:
-a kill -9 in the middle of writing a checkpoint.
+With KILL_AT, the process sends itself SIG (default KILL) right after starting the (async) save
+of that step: a kill -9 in the middle of writing a checkpoint, or a preemption's SIGTERM.
 """
 
 import os
@@ -30,13 +30,14 @@ def tiny_config(data: str, steps: int):
 def main():
     workdir, data, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
     kill_at = int(sys.argv[4]) if len(sys.argv) > 4 else 0
+    sig = getattr(signal, f"SIG{sys.argv[5]}") if len(sys.argv) > 5 else signal.SIGKILL
     if kill_at:
         save = checkpoint.Checkpointer.save
 
         def save_then_die(self, step, *a, **kw):
             started = save(self, step, *a, **kw)
             if step == kill_at:
-                os.kill(os.getpid(), signal.SIGKILL)
+                os.kill(os.getpid(), sig)
             return started
 
         checkpoint.Checkpointer.save = save_then_die
