@@ -17,14 +17,30 @@ CHECK = (
 )
 
 
-def test_inference_modules_do_not_import_tensorflow():
+BLOCKER = (
+    "import sys\n"
+    "class Block:\n"
+    "    def find_spec(self, name, path=None, target=None):\n"
+    "        if name.split('.')[0] == 'tensorflow': raise ImportError('tensorflow blocked')\n"
+    "sys.meta_path.insert(0, Block())\n"
+)
+
+
+def _run(code: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": ROOT}
+    return subprocess.run([sys.executable, "-c", BLOCKER + code], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_inference_modules_do_not_import_tensorflow():
     # A meta-path blocker makes any tensorflow import fail loudly, even an indirect one.
-    blocker = (
-        "import sys\n"
-        "class Block:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.split('.')[0] == 'tensorflow': raise ImportError('tensorflow blocked')\n"
-        "sys.meta_path.insert(0, Block())\n"
-    )
-    subprocess.run([sys.executable, "-c", blocker + CHECK], cwd=ROOT, env=env, check=True)
+    out = _run(CHECK + "print('imported without tensorflow')\n")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().endswith("imported without tensorflow")
+
+
+def test_the_blocker_catches_a_tensorflow_import():
+    """Control: the input pipeline does need tensorflow, so the same check must fail there."""
+    out = _run("import pg_jax.data.input_pipeline\n")
+    assert out.returncode != 0
+    assert "tensorflow blocked" in out.stderr
