@@ -341,6 +341,12 @@ def train(config, workdir: str) -> dict:
     # Train loop: one jitted step per batch; the host checks finiteness and writes metrics.
     # ------------------------------------------------------------------------------------------
     preempt = checkpoint.Preemption()
+
+    def save_checkpoint(step: int, force: bool = False) -> None:
+        """Saves what a resume needs: trainable params, optimizer state, step, data position."""
+        ckpt.save(step, checkpoint.savable(train_state, opt.trainable),
+                  {"step": step, "iterator": it.state()}, force=force)
+
     batch, t_log, n_log, step = first, time.time(), 0, start_step
     tokens_per_ex = config.input.text_len + model.num_image_tokens
     try:
@@ -366,18 +372,9 @@ def train(config, workdir: str) -> dict:
                 writer.write(step, m)
                 writer.progress(step, m["training_loss"], ex_s)
                 t_log, n_log = time.time(), 0
-            ckpt.save(
-                step,
-                checkpoint.savable(train_state, opt.trainable),
-                {"step": step, "iterator": it.state()},
-            )
-            if preempt.requested:
-                ckpt.save(
-                    step,
-                    checkpoint.savable(train_state, opt.trainable),
-                    {"step": step, "iterator": it.state()},
-                    force=True,
-                )
+            save_checkpoint(step)  # when due (every ckpt_steps)
+            if preempt.requested:  # checked after the save: the signal may arrive during it
+                save_checkpoint(step, force=True)  # a no-op if this step was just saved
                 ckpt.wait()
                 log(
                     f"Preempted: saved step {step} to {workdir}/ckpt; rerun the same command "
@@ -396,12 +393,7 @@ def train(config, workdir: str) -> dict:
     # End: final evals, last checkpoint, merged params (.npz + HF), curve, summary.
     # ------------------------------------------------------------------------------------------
     run_evals(steps_total, lambda every: True)
-    ckpt.save(
-        steps_total,
-        checkpoint.savable(train_state, opt.trainable),
-        {"step": steps_total, "iterator": it.state()},
-        force=True,
-    )
+    save_checkpoint(steps_total, force=True)
     ckpt.close()
     params_out = train_state["params"]
     if jax.process_count() > 1:
