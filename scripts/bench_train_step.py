@@ -44,11 +44,9 @@ def main() -> None:
     a = p.parse_args()
 
     text_len, loss_len = 32, 8
-    vocab = 2413 if a.variant.startswith("tiny") else None  # tiny: the project tokenizer
-    cfg = variants.get_config(
+    cfg = variants.get_config(  # tiny variants take the project tokenizer's vocabulary
         a.variant,
         res=a.res,
-        vocab_size=vocab,
         dtype=a.dtype,
         remat_policy=a.remat,
         attention_impl=a.attention_impl,
