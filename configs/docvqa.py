@@ -26,7 +26,8 @@ tokenizer=/ckpt/paligemma_tokenizer.model,data=/data/docvqa_train_448
 
   ``data`` is a prepare_data cache, an HF parquet directory or the original JSON release (the
   reader is chosen by what is there; with ``cache_dir=DIR`` a raw source is prepared into DIR on
-  first use and read from there afterwards). Arguments (``:key=value,...``): res, variant (no ckpt
+  first use and read from there afterwards; ``data=random`` trains on random batches, to
+  measure speed on a machine without data or TensorFlow). Arguments (``:key=value,...``): res, variant (no ckpt
   only), ckpt, tokenizer, data, cache_dir, eval_data, freeze (attn | full | llm | vit_frozen), mode
   (full | runlocal), text_len, dtype (auto | bfloat16 | float16 | float32). Leaf overrides:
   ``--config.lr=3e-5 --config.input.batch_size=16``.
@@ -49,7 +50,11 @@ DEMO_FINETUNE_STEPS = 150
 
 
 def _data_source(path: str, split: str) -> dict:
-    """A data.get(...) spec for a path: prepared cache, HF parquet dir or DocVQA JSON release."""
+    """A data.get(...) spec for a path: prepared cache, HF parquet dir or DocVQA JSON release
+    ("random": random batches, for measuring speed without data; see pg_jax.data.random_batches).
+    """
+    if path == "random":
+        return {"name": "random"}
     if not path:
         return {
             "name": "docvqa_json",
@@ -159,14 +164,23 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     cfg.loss_scale = "auto"  # dynamic loss scaling when dtype is float16
     cfg.remat_policy = "none" if c.demo or c.mode == "runlocal" else "nothing_saveable"
     cfg.attention_impl = "einsum"
+    # Unrolled LLM layers train faster with less memory than a rolled scan (PG1-3B 224/32 on an
+    # H100: 1.23x, 46.6 -> 26.7 GiB; BENCHMARKS.md) for ~35 s more compile. "auto": unrolled
+    # when remat_policy is "none" (with remat, a rolled scan is what keeps memory low); or
+    # "true" / "false".
+    cfg.unroll_llm_layers = "auto"
 
     cfg.input = training_data(c)
     cfg.synthetic = "demo"  # difficulty of the generated set when no data is given
     cfg.loss_len = 4 if c.demo else 16  # answer tokens scored per example (logits only there)
 
     # Durations: exactly one of total_steps / total_epochs.
-    cfg.total_steps = 2 if c.mode == "runlocal" else (DEMO_FINETUNE_STEPS if c.demo else None)
-    cfg.total_epochs = None if (c.demo or c.mode == "runlocal") else 3.0
+    random_data = c.data == "random"
+    cfg.total_steps = (
+        2 if c.mode == "runlocal" else (DEMO_FINETUNE_STEPS if c.demo else (
+            100 if random_data else None))
+    )
+    cfg.total_epochs = None if (c.demo or c.mode == "runlocal" or random_data) else 3.0
     cfg.grad_accum_steps = 1
 
     # Optimizer (big_vision DocVQA: Adam b2=0.999, lr 1e-5, cosine, 5% warm-up, clip 1, wd 1e-6).
@@ -185,10 +199,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     cfg.log_training_steps = 1 if c.mode == "runlocal" else 10
     cfg.ckpt_steps = 1 if c.mode == "runlocal" else (100 if c.demo else 500)
     cfg.keep_ckpts = 2
-    cfg.export_hf = True
-    cfg.progress_bar = True
+    cfg.export_npz = not random_data  # params.npz of the merged params
+    cfg.export_hf = not random_data  # an HF model directory next to it
+    cfg.progress_bar = True  # False: one log line per log_training_steps instead
     cfg.eval_at_start = c.demo  # the demo prints every metric before and after training
     add_evals(c, cfg)
+    if random_data:
+        cfg.evals = {}  # random tokens have nothing to evaluate
 
     # The demo's first stage: full training from random init, written as a big_vision .npz that
     # the second (attention-only) stage loads like a released checkpoint.

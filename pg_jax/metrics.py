@@ -38,6 +38,11 @@ class MetricWriter:
         if self.main:
             self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")  # noqa: SIM115
             self._logf = open(os.path.join(workdir, "train.log"), "a")  # noqa: SIM115
+        # The bar starts with the first step, after the start-up log.
+        self._bar, self._bar_args = (
+            None,
+            (progress_bar and self.main, total_steps, start_step),
+        )
         self._tb = None
         if self.main:
             try:  # TensorBoard events are optional (no TensorFlow on some GPU images).
@@ -51,11 +56,6 @@ class MetricWriter:
                 )
             except ImportError:
                 self.log("TensorFlow not installed: metrics go to metrics.jsonl only.")
-        # The bar starts with the first step, after the start-up log.
-        self._bar, self._bar_args = (
-            None,
-            (progress_bar and self.main, total_steps, start_step),
-        )
 
     def log(self, text: str) -> None:
         """Prints a line (above the progress bar) and appends it to train.log."""
@@ -83,8 +83,10 @@ class MetricWriter:
                     tf.summary.write(k, tf.constant(v, tf.float32), metadata=self._scalar_meta)
             self._tb.flush()
 
-    def progress(self, step: int, loss: float, examples_per_s: float) -> None:
-        """Advances the bar to `step`, showing loss and examples/s (tqdm adds the ETA)."""
+    def progress(
+        self, step: int, loss: float, examples_per_s: float, mfu: float | None = None
+    ) -> None:
+        """Advances the bar to `step`, showing loss, examples/s and MFU (tqdm adds the ETA)."""
         show, total, start = self._bar_args
         if show and self._bar is None:
             from tqdm import tqdm
@@ -97,7 +99,10 @@ class MetricWriter:
                 mininterval=1.0,
             )
         if self._bar is not None:
-            self._bar.set_postfix(loss=f"{loss:.4f}", ex_s=f"{examples_per_s:.1f}", refresh=False)
+            shown = {"loss": f"{loss:.4f}", "ex_s": f"{examples_per_s:.1f}"}
+            if mfu is not None:
+                shown["mfu"] = f"{mfu:.1%}"
+            self._bar.set_postfix(shown, refresh=False)
             self._bar.update(step - self._bar.n)
 
     def end_progress(self) -> None:

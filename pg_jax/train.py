@@ -87,6 +87,21 @@ def resolve_dtypes(config) -> tuple[str, str, bool]:
     return dtype, frozen, scale
 
 
+def unroll_llm_layers(config) -> bool:
+    """config.unroll_llm_layers: "true", "false", or "auto" = unrolled unless rematerialised.
+
+    Unrolled layers train faster and keep less memory than a rolled scan when activations are
+    saved (BENCHMARKS.md). With remat they stay rolled: unrolled, XLA is free to schedule every
+    layer's recomputation early, and the memory that remat should save is not saved.
+    """
+    choice = str(config.unroll_llm_layers).lower()
+    if choice not in ("auto", "true", "false"):
+        raise ValueError(f"config.unroll_llm_layers={choice!r}: expected auto, true or false")
+    if choice == "auto":
+        return config.remat_policy == "none"
+    return choice == "true"
+
+
 def train(config, workdir: str) -> dict:
     """Runs (or resumes) one training run.
 
@@ -159,6 +174,8 @@ def train(config, workdir: str) -> dict:
             f"tokenizer {tok_path} has {vocab} pieces but the model only "
             f"{model_cfg['llm']['vocab_size']}"
         )
+    if unroll_llm_layers(config):
+        model_cfg["llm"]["scan_unroll"] = model_cfg["llm"]["depth"]
     model = paligemma.Model(**model_cfg)
 
     # Shapes first (no memory), then dtypes: trainable masters f32, frozen ones in frozen_dtype.
@@ -166,9 +183,22 @@ def train(config, workdir: str) -> dict:
     # ------------------------------------------------------------------------------------------
     # Data: a per-process iterator of numpy batches, restorable from a position.
     # ------------------------------------------------------------------------------------------
-    from pg_jax.data import core, input_pipeline  # TensorFlow enters here, and only here
+    if config.input.data["name"] == "random":  # benchmarking: no files, no TensorFlow
+        from pg_jax.data import random_batches
 
-    source = core.get(**prepared_training_data(resolve_data(config.input.data, config), config))
+        source = random_batches.RandomSource(
+            res=config.input.res,
+            text_len=config.input.text_len,
+            vocab_size=model_cfg["llm"]["vocab_size"],
+            # As many answer tokens as the loss scores (at most half the text).
+            answer_len=min(config.loss_len, config.input.text_len // 2),
+        )
+    else:
+        from pg_jax.data import core, input_pipeline  # TensorFlow enters here, and only here
+
+        source = core.get(
+            **prepared_training_data(resolve_data(config.input.data, config), config)
+        )
     steps_total = total_steps(config, source.num_examples)
     opt = optim.make(config, optim.unflatten(flat_shapes), steps_total)
     trainable = set(opt.trainable)
@@ -254,20 +284,25 @@ def train(config, workdir: str) -> dict:
     log("Sharded parameters:\n" + sharding.describe(param_shardings, flat_shapes))
 
     local_batch = config.input.batch_size // jax.process_count()
-    pp = input_pipeline.pp_train(
-        config.input.res,
-        config.input.text_len,
-        config.input.prompt,
-        config.tokenizer or None,
-    )
-    it = input_pipeline.make_iterator(
-        source,
-        pp,
-        batch_size=local_batch,
-        seed=config.seed,
-        state=iter_state,
-        shuffle_buffer=config.input.shuffle_buffer,
-    )
+    if config.input.data["name"] == "random":
+        it = source.make_iterator(
+            batch_size=local_batch, seed=config.seed + jax.process_index(), state=iter_state
+        )
+    else:
+        pp = input_pipeline.pp_train(
+            config.input.res,
+            config.input.text_len,
+            config.input.prompt,
+            config.tokenizer or None,
+        )
+        it = input_pipeline.make_iterator(
+            source,
+            pp,
+            batch_size=local_batch,
+            seed=config.seed,
+            state=iter_state,
+            shuffle_buffer=config.input.shuffle_buffer,
+        )
 
     # ------------------------------------------------------------------------------------------
     # Compile once: donated state, explicit output shardings; log memory before running.
@@ -370,7 +405,14 @@ def train(config, workdir: str) -> dict:
                 if peak_flops:
                     m["mfu"] = flops_ex * ex_s / (peak_flops * jax.device_count())
                 writer.write(step, m)
-                writer.progress(step, m["training_loss"], ex_s)
+                writer.progress(step, m["training_loss"], ex_s, m.get("mfu"))
+                if not config.progress_bar:
+                    log(
+                        f"step {step}/{steps_total}: loss {m['training_loss']:.4f}, "
+                        f"{ex_s:.1f} examples/s"
+                        + (f", MFU {m['mfu']:.1%}" if "mfu" in m else "")
+                        + f" ({jax.device_count()} x {device.device_kind})"
+                    )
                 t_log, n_log = time.time(), 0
             save_checkpoint(step)  # when due (every ckpt_steps)
             if preempt.requested:  # checked after the save: the signal may arrive during it
@@ -405,14 +447,16 @@ def train(config, workdir: str) -> dict:
             lambda x: multihost_utils.process_allgather(x, tiled=True), params_out
         )
     if jax.process_index() == 0:
-        # The exporters fetch one array at a time, so no second full copy is made here.
-        params_host = params_out
-        exporter.save_npz(params_host, os.path.join(workdir, "params.npz"))
+        written = []
+        if config.export_npz:
+            # The exporters fetch one array at a time, so no second full copy is made here.
+            exporter.save_npz(params_out, os.path.join(workdir, "params.npz"))
+            written.append(f"{workdir}/params.npz")
         if config.export_hf:
-            export_cfg = copy.deepcopy(model_cfg)
             exporter.save_hf(
-                export_cfg, params_host, os.path.join(workdir, "hf"), tokenizer=tok_path
+                copy.deepcopy(model_cfg), params_out, os.path.join(workdir, "hf"), tokenizer=tok_path
             )
+            written.append(f"{workdir}/hf/")
         curve = metrics.plot(
             workdir,
             [
@@ -420,12 +464,9 @@ def train(config, workdir: str) -> dict:
                 *sorted(k for k in results if k.endswith(("/loss", "/anls"))),
             ],
         )
-        log(
-            f"Wrote {workdir}/params.npz"
-            + (f", {workdir}/hf/" if config.export_hf else "")
-            + (f", {curve}" if curve else "")
-            + "."
-        )
+        written += [curve] if curve else []
+        if written:
+            log(f"Wrote {', '.join(written)}.")
     summary = {**results, "wall_clock_s": time.time() - t_start, "steps": steps_total}
     _print_summary(log, results_before, results, summary, evals)
     if config.pretrain is not None:

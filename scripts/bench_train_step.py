@@ -3,13 +3,17 @@
     python scripts/bench_train_step.py --variant pg1_3b --res 224 --batch 8 --freeze attn
 
 Reports examples/s, MFU (REFERENCE.md section 8 counting, see pg_jax.accounting), the compiled
-step's predicted memory and the device's measured peak. The setup matches the peer baseline of
+step's predicted memory and the device's measured peak; ``--profile`` adds where the step's GPU
+time goes (per kind of kernel and the top kernels, see pg_jax.profiling). ``--set
+llm.scan_unroll=18`` overrides one model field; ``--strategy replicate`` keeps a full copy of
+the weights on each device (data parallel) instead of FSDP. All devices form one data axis. The setup matches the peer baseline of
 REFERENCE.md section 8: 32 text tokens, loss on the last 8, trainable LLM attention, Adam.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import os
 import sys
 import time
@@ -24,7 +28,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from pg_jax import accounting, optim, sharding
+from pg_jax import accounting, optim, profiling, sharding
 from pg_jax import step as step_lib
 from pg_jax.models import loader, paligemma, variants
 
@@ -41,6 +45,13 @@ def main() -> None:
     p.add_argument("--attention_impl", default="einsum")
     p.add_argument("--accum", type=int, default=1)
     p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--llm_unroll", type=int, default=0,
+                   help="LLM layers per scan iteration; default (0): as the trainer does, all "
+                        "of them without remat, 1 (a rolled scan) with remat")
+    p.add_argument("--set", nargs="*", default=[], metavar="TOWER.FIELD=VALUE",
+                   help="model field overrides, e.g. llm.scan_unroll=18 (value parsed as Python)")
+    p.add_argument("--strategy", default="fsdp", choices=["fsdp", "replicate"])
+    p.add_argument("--profile", action="store_true", help="print GPU kernel time per kind")
     a = p.parse_args()
 
     text_len, loss_len = 32, 8
@@ -51,6 +62,11 @@ def main() -> None:
         remat_policy=a.remat,
         attention_impl=a.attention_impl,
     ).to_dict()
+    cfg["llm"]["scan_unroll"] = a.llm_unroll or (cfg["llm"]["depth"] if a.remat == "none" else 1)
+    for item in a.set:
+        key, value = item.split("=", 1)
+        tower, field = key.split(".", 1)
+        cfg[tower][field] = ast.literal_eval(value)
     model = paligemma.Model(**cfg)
     mesh = sharding.make_mesh([("data", -1)])
     shapes = loader.param_shapes(model)
@@ -74,7 +90,7 @@ def main() -> None:
         k: jax.ShapeDtypeStruct(v.shape, jnp.float32 if k in tr else a.frozen_dtype)
         for k, v in shapes.items()
     }
-    strategy = [(".*", 'fsdp(axis="data")')]
+    strategy = [(".*", 'fsdp(axis="data")' if a.strategy == "fsdp" else "replicate()")]
     p_sh = sharding.infer_sharding(shapes, strategy, mesh)
 
     # Random init straight into the target dtypes and shardings (no host copy of 3B params).
@@ -134,11 +150,21 @@ def main() -> None:
     stats = dev.memory_stats() or {}
     print(
         f"RESULT variant={a.variant} res={a.res} batch={a.batch} freeze={a.freeze} "
-        f"dtype={a.dtype} remat={a.remat} accum={a.accum} device={dev.device_kind}: "
+        f"dtype={a.dtype} remat={a.remat} accum={a.accum} "
+        f"llm_unroll={cfg['llm']['scan_unroll']} set={','.join(a.set) or '-'} "
+        f"strategy={a.strategy} devices={jax.device_count()}x{dev.device_kind}: "
         f"step {dt * 1e3:.1f} ms, {ex_s:.1f} examples/s, {flops / 1e12:.3f} TFLOP/example, "
         f"MFU {mfu:.1%}, peak {stats.get('peak_bytes_in_use', 0) / 2**30:.1f} GiB, "
         f"loss {float(m['training_loss']):.3f}"
     )
+    if a.profile:
+        def two_steps():
+            nonlocal state
+            for _ in range(2):
+                state, out = compiled(state, key, batch)
+            jax.block_until_ready(out)
+
+        print(profiling.summarize(profiling.kernel_times(two_steps), per=2, top=25))
 
 
 if __name__ == "__main__":

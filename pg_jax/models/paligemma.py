@@ -168,7 +168,13 @@ class Model(nn.Module):
 
         pad = cache_size - seq_len
         dtype = cache_dtype or x.dtype
-        pad_kv = lambda a: jnp.pad(a.astype(dtype), ((0, 0), (0, 0), (0, pad), (0, 0), (0, 0)))  # noqa: E731
+
+        def pad_kv(a):
+            """Cache slots after the prompt; ``a`` is [L, B, S, K, H] or per-layer [B, S, K, H]s."""
+            if isinstance(a, tuple):  # an unstacked LLM (scan=False)
+                return tuple(pad_kv(layer[None])[0] for layer in a)
+            return jnp.pad(a.astype(dtype), ((0, 0), (0, 0), (0, pad), (0, 0), (0, 0)))
+
         cache = {
             "k": pad_kv(kv["k"]),
             "v": pad_kv(kv["v"]),
