@@ -377,18 +377,24 @@ def train(config, workdir: str) -> dict:
     # ------------------------------------------------------------------------------------------
     preempt = checkpoint.Preemption()
 
-    def save_checkpoint(step: int, force: bool = False) -> None:
+    def save_checkpoint(step: int, data_state: dict, force: bool = False) -> None:
         """Saves what a resume needs: trainable params, optimizer state, step, data position."""
         ckpt.save(step, checkpoint.savable(train_state, opt.trainable),
-                  {"step": step, "iterator": it.state()}, force=force)
+                  {"step": step, "iterator": data_state}, force=force)
 
     batch, t_log, n_log, step = first, time.time(), 0, start_step
+    data_state = it.state()  # the position after `batch`: where a resume continues
     tokens_per_ex = config.input.text_len + model.num_image_tokens
     try:
         for step in range(start_step + 1, steps_total + 1):
             # No implicit host<->device copies inside the step: inputs are already global arrays.
             with jax.transfer_guard("disallow"):
                 train_state, m = compiled(train_state, rng, batch)
+            # The step runs asynchronously: read the next batch now, so that host work overlaps
+            # device work, but save this step with the data position from before that read.
+            data_state = it.state()
+            if step < steps_total:
+                batch = sharding.global_batch(next(it), mesh)
             m = {k: float(v) for k, v in jax.device_get(m).items()}
             _check_finite(step, m, ckpt, workdir)
             n_log += 1
@@ -414,9 +420,9 @@ def train(config, workdir: str) -> dict:
                         + f" ({jax.device_count()} x {device.device_kind})"
                     )
                 t_log, n_log = time.time(), 0
-            save_checkpoint(step)  # when due (every ckpt_steps)
+            save_checkpoint(step, data_state)  # when due (every ckpt_steps)
             if preempt.requested:  # checked after the save: the signal may arrive during it
-                save_checkpoint(step, force=True)  # a no-op if this step was just saved
+                save_checkpoint(step, data_state, force=True)  # no-op if this step was just saved
                 ckpt.wait()
                 log(
                     f"Preempted: saved step {step} to {workdir}/ckpt; rerun the same command "
@@ -426,7 +432,6 @@ def train(config, workdir: str) -> dict:
             if step < steps_total:
                 if run_evals(step, lambda every, s=step: every and s % every == 0):
                     t_log, n_log = time.time(), 0  # keep eval time out of examples/s
-                batch = sharding.global_batch(next(it), mesh)
     finally:
         preempt.restore_handler()
         writer.end_progress()
@@ -435,7 +440,7 @@ def train(config, workdir: str) -> dict:
     # End: final evals, last checkpoint, merged params (.npz + HF), curve, summary.
     # ------------------------------------------------------------------------------------------
     run_evals(steps_total, lambda every: True)
-    save_checkpoint(steps_total, force=True)
+    save_checkpoint(steps_total, data_state, force=True)
     ckpt.close()
     params_out = train_state["params"]
     if jax.process_count() > 1:

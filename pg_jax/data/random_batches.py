@@ -59,7 +59,8 @@ class RandomBatches:
         answer = (np.arange(n) >= n - s.answer_len).astype(np.int32)
         self.examples += b
         return {
-            "image": rng.uniform(-1, 1, (b, s.res, s.res, 3)).astype(np.float32),
+            # float32 draws directly: a 32 x 448 x 448 x 3 batch in tens of milliseconds.
+            "image": rng.random((b, s.res, s.res, 3), dtype=np.float32) * 2 - 1,
             "text": text,
             "mask_ar": np.repeat(answer[None], b, 0),
             "mask_loss": np.repeat(answer[None], b, 0),
