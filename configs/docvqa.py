@@ -29,7 +29,8 @@ tokenizer=/ckpt/paligemma_tokenizer.model,data=/data/docvqa_train_448
   first use and read from there afterwards; ``data=random`` trains on random batches, to
   measure speed on a machine without data or TensorFlow). Arguments (``:key=value,...``): res, variant (no ckpt
   only), ckpt, tokenizer, data, cache_dir, eval_data, freeze (attn | full | llm | vit_frozen), mode
-  (full | runlocal), text_len, dtype (auto | bfloat16 | float16 | float32). Leaf overrides:
+  (full | runlocal), text_len, dtype (auto | bfloat16 | float16 | float32), sharding (replicate |
+  fsdp). Leaf overrides:
   ``--config.lr=3e-5 --config.input.batch_size=16``.
 """
 
@@ -143,9 +144,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         mode="full",
         text_len=0,
         dtype="auto",
+        sharding="replicate",
     )
     if c.mode not in ("full", "runlocal"):
         raise ValueError(f"mode={c.mode!r}: expected full or runlocal")
+    if c.sharding not in ("replicate", "fsdp"):
+        raise ValueError(f"sharding={c.sharding!r}: expected replicate or fsdp")
     c.demo = not c.ckpt and not c.data
     c.res = c.res or (DEMO_RES if c.demo else 224)
     c.text_len = c.text_len or (DEMO_TEXT_LEN if c.demo else 32)
@@ -193,9 +197,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     cfg.wd_mults = [(".*/kernel$", 1.0), (".*_einsum/w$", 1.0)]
     cfg.grad_clip_norm = 1.0
 
-    # Sharding (FSDP over all devices), logging, checkpoints.
+    # Sharding over all devices, logging, checkpoints. "replicate" (data parallel) keeps a full
+    # copy of the weights per device: PG1-3B on 2 H100s ran 1.96x one GPU, FSDP 1.05x (the
+    # frozen weights are gathered every step; BENCHMARKS.md). "fsdp" splits weights and
+    # optimizer state over the devices, for models that do not fit one (PaliGemma 2 10B/28B).
     cfg.mesh = [("data", -1)]
-    cfg.sharding_strategy = [(".*", 'fsdp(axis="data")')]
+    cfg.sharding_strategy = (
+        [(".*", 'fsdp(axis="data")')] if c.sharding == "fsdp" else [(".*", "replicate()")]
+    )
     cfg.log_training_steps = 1 if c.mode == "runlocal" else 10
     cfg.ckpt_steps = 1 if c.mode == "runlocal" else (100 if c.demo else 500)
     cfg.keep_ckpts = 2

@@ -324,7 +324,7 @@ def train(config, workdir: str) -> dict:
             f"{limit / 2**30:.1f} GiB. Knobs: --config.input.batch_size (smaller), "
             "--config.grad_accum_steps (same effective batch, less memory), "
             "--config.remat_policy=nothing_saveable, --config.frozen_dtype=bfloat16/float16, "
-            "dtype=bfloat16, freeze=attn."
+            "dtype=bfloat16, freeze=attn; on several devices sharding=fsdp (config argument)."
         )
     flops_ex = accounting.train_flops_per_example(
         model_cfg, flat_shapes, opt.trainable, config.input.text_len, config.loss_len

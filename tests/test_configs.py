@@ -80,3 +80,13 @@ def test_llm_layers_unroll_only_without_remat():
         train.unroll_llm_layers(real)
     bench = docvqa.get_config("data=random,variant=pg1_3b")
     assert bench.total_steps and not bench.evals and not bench.export_npz
+
+
+def test_sharding_argument_picks_the_strategy():
+    from configs import docvqa
+
+    assert docvqa.get_config(None).sharding_strategy == [(".*", "replicate()")]
+    fsdp = docvqa.get_config("sharding=fsdp").sharding_strategy
+    assert fsdp == [(".*", 'fsdp(axis="data")')]
+    with pytest.raises(ValueError, match="sharding='zero3'"):
+        docvqa.get_config("sharding=zero3")
