@@ -17,14 +17,55 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from pg_jax import sharding
 from pg_jax.decode import decode as _decode_tokens
 from pg_jax.models import paligemma
+
+
+def place_batch(params: dict, batch: dict) -> tuple[dict, Callable]:
+    """Puts this process's rows on the params' mesh, one slice of rows per device.
+
+    When the params live on a mesh with a "data" axis (as the trainer places them), the rows are
+    split over that axis like a training batch, so every device decodes its own rows instead of
+    all of them repeating the whole batch; with several processes the global batch is the
+    processes' rows in order. Otherwise (params on one device, or rows that do not divide
+    evenly on one host) the batch is left as it is.
+
+    Args:
+      params: model params, possibly sharded.
+      batch: this process's rows, numpy arrays with a leading batch axis.
+
+    Returns:
+      (batch to pass to the model, ``to_local(out)``: this process's rows of an output).
+    """
+    leaf = jax.tree_util.tree_leaves(params)[0]
+    mesh = getattr(getattr(leaf, "sharding", None), "mesh", None)
+    keep = lambda out: out  # noqa: E731
+    if mesh is None or "data" not in mesh.shape:
+        return batch, keep
+    rows = len(next(iter(batch.values())))
+    local_shards = mesh.shape["data"] // jax.process_count()
+    if rows % max(local_shards, 1):
+        if jax.process_count() == 1:
+            return batch, keep  # replicated compute: correct, only slower
+        raise ValueError(
+            f"evaluation batch of {rows} rows per process does not split over {local_shards} "
+            "local devices; pick a batch_size that is a multiple of the device count"
+        )
+    placed = sharding.global_batch(batch, mesh)
+    if jax.process_count() == 1:
+        return placed, keep
+    from jax.experimental import multihost_utils
+
+    spec = jax.sharding.PartitionSpec("data")
+    return placed, lambda out: multihost_utils.global_array_to_host_local_array(out, mesh, spec)
 
 
 def _decode(params: dict, batch: dict, *, model: paligemma.Model, **kw) -> jax.Array:
     """Generates continuations of ``[bos] prompt "\\n"``; ``kw`` as in ``pg_jax.decode``."""
     keys = ("image", "text", "mask_input", "mask_ar")
-    return _decode_tokens(model, params, {k: batch[k] for k in keys if k in batch}, **kw)
+    placed, to_local = place_batch(params, {k: batch[k] for k in keys if k in batch})
+    return to_local(_decode_tokens(model, params, placed, **kw))
 
 
 @functools.partial(jax.jit, static_argnames=("model",))

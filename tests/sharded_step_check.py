@@ -1,4 +1,5 @@
-"""Run in a subprocess with 8 fake CPU devices: the FSDP-sharded step equals one device."""
+"""Run in a subprocess with 8 fake CPU devices: the FSDP-sharded and the data-parallel
+(replicated) steps equal one device."""
 
 import os
 import sys
@@ -53,6 +54,12 @@ def main():
     np.testing.assert_allclose(l8, l1, rtol=1e-5)
     for k in p1:
         np.testing.assert_allclose(p8[k], p1[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    # The config's default: weights replicated, the batch split (data parallel).
+    lr, pr, nr = run(jax.devices(), [(".*", "replicate()")])
+    assert nr == 0, f"{nr} sharded leaves under replicate()"
+    np.testing.assert_allclose(lr, l1, rtol=1e-5)
+    for k in p1:
+        np.testing.assert_allclose(pr[k], p1[k], rtol=1e-5, atol=1e-6, err_msg=k)
     print("SHARDED_OK", l8, n8)
 
 

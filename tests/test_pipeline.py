@@ -107,3 +107,17 @@ def test_raw_png_source_pipeline(synth):
         src, ip.pp_train(res=28, text_len=16), batch_size=4, process_index=0, process_count=1
     )
     assert next(it)["image"].shape == (4, 28, 28, 3)
+
+
+def test_eval_batches_give_every_process_the_same_number_of_batches(synth):
+    """A model call on params spanning processes is a collective: no host may stop early."""
+    src = core.get("docvqa_json", path=f"{synth}/docvqa", split="val", limit=9)
+    counts = [src.num_examples_for(i, 2) for i in range(2)]
+    assert sorted(counts) == [4, 5]  # 4 rows fit one batch of 4, 5 rows need two
+    for host in range(2):
+        got = list(ip.eval_batches(src, ip.pp_eval(res=28, text_len=16), batch_size=4,
+                                   process_index=host, process_count=2))
+        assert len(got) == 2
+        assert sum(int(b["_mask"].sum()) for b in got) == counts[host]
+        if counts[host] == 4:
+            assert not got[-1]["_mask"].any()  # the extra batch is all padding

@@ -51,3 +51,20 @@ def test_sharded_step_equals_single_device():
         check=False,
     )
     assert "SHARDED_OK" in out.stdout, out.stdout[-2000:] + out.stderr[-4000:]
+
+
+def test_decode_with_params_on_a_mesh_equals_one_device():
+    env = dict(
+        os.environ,
+        XLA_FLAGS="--xla_force_host_platform_device_count=4",
+        JAX_PLATFORMS="cpu",
+    )
+    out = subprocess.run(
+        [sys.executable, os.path.join(HERE, "sharded_decode_check.py")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert "SHARDED_DECODE_OK" in out.stdout, out.stdout[-2000:] + out.stderr[-4000:]

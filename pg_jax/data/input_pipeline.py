@@ -15,6 +15,7 @@ skips n % size parsed records (cheap: images are decoded after the skip).
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -205,12 +206,17 @@ def eval_batches(
     """One pass over this host's examples in order; the last batch is padded to `batch_size`.
 
     Every batch has `_mask` (bool[B]): False marks padding rows, which evaluators must ignore.
+    Every process yields the same number of batches (a host with fewer examples ends with fully
+    masked ones), because a model call on params that span processes is a collective that all
+    of them must join.
     """
     index, count = _process(process_index, process_count)
     pp = builder.get_preprocess_fn(pp_fn) if isinstance(pp_fn, str) else pp_fn
     ds = source.get_tfdata(shard_index=index, shard_count=count)
     ds = ds.map(pp, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(batch_size).prefetch(2)
+    most = max(source.num_examples_for(i, count) for i in range(count))
+    produced, last = 0, None
     for batch in ds.as_numpy_iterator():
         b = len(next(iter(batch.values())))
         mask = np.arange(batch_size) < b
@@ -219,7 +225,12 @@ def eval_batches(
                 k: np.concatenate([v, np.repeat(v[:1], batch_size - b, 0)])
                 for k, v in batch.items()
             }
+        produced, last = produced + 1, batch
         yield {**batch, "_mask": mask}
+    for _ in range(math.ceil(most / batch_size) - produced):
+        if last is None:
+            raise ValueError(f"process {index} of {count} has no evaluation examples")
+        yield {**last, "_mask": np.zeros(batch_size, bool)}
 
 
 def _process(index: int | None, count: int | None) -> tuple[int, int]:

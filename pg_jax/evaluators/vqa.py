@@ -178,7 +178,9 @@ class Evaluator:
         return input_pipeline.eval_batches(self.source, self.pp, batch_size=self.batch_size)
 
     def _num_batches(self) -> int:
-        n = self.source.num_examples_for(jax.process_index(), jax.process_count())
+        # Every process runs as many batches as the busiest one (see eval_batches).
+        count = jax.process_count()
+        n = max(self.source.num_examples_for(i, count) for i in range(count))
         return math.ceil(n / self.batch_size)
 
     def run(self, params: Any) -> Iterator[tuple[str, float]]:
