@@ -146,7 +146,7 @@ def train(config, workdir: str) -> dict:
     # Devices and mesh: every array below is a global jax.Array placed by NamedSharding.
     # ------------------------------------------------------------------------------------------
     mesh = sharding.make_mesh(config.mesh)
-    device = jax.devices()[0]
+    device = jax.local_devices()[0]  # addressable: its memory stats are readable on every host
 
     # ------------------------------------------------------------------------------------------
     # Model: from a checkpoint (architecture read off its shapes) or a named variant.
