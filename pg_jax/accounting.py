@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
-# Dense bf16/fp16 peak FLOP/s per chip, matched against jax's device_kind (first match wins).
+# Dense bf16/fp16 peak FLOP/s per JAX device, matched against its device_kind (first match
+# wins). A JAX device is a chip, except on TPU v2/v3, where each of a chip's two cores is one
+# (Kaggle's TPU v3-8 shows 8 devices of 61.5 TFLOP/s).
 PEAK_FLOPS = [
     ("H200", 989e12),
     ("H100", 989e12),
@@ -26,6 +28,8 @@ PEAK_FLOPS = [
     ("TPU v5p", 459e12),
     ("TPU v5", 197e12),
     ("TPU v4", 275e12),
+    ("TPU v3", 61.5e12),
+    ("TPU v2", 22.5e12),
 ]
 
 
