@@ -4,10 +4,16 @@
 
 Reports examples/s, MFU (REFERENCE.md section 8 counting, see pg_jax.accounting), the compiled
 step's predicted memory and the device's measured peak; ``--profile`` adds where the step's GPU
-time goes (per kind of kernel and the top kernels, see pg_jax.profiling). ``--set
-llm.scan_unroll=18`` overrides one model field; ``--strategy replicate`` keeps a full copy of
-the weights on each device (data parallel) instead of FSDP. All devices form one data axis. The setup matches the peer baseline of
-REFERENCE.md section 8: 32 text tokens, loss on the last 8, trainable LLM attention, Adam.
+time goes (per kind of kernel and the top kernels, see pg_jax.profiling). The setup matches the
+peer baseline of REFERENCE.md section 8: 32 text tokens, loss on the last 8, trainable LLM
+attention, Adam. All devices form one data axis.
+
+Levers (``scripts/bench_train_levers.py`` runs them side by side): ``--attention_impl``,
+``--remat``, ``--llm_unroll`` (default: all layers without remat, a rolled scan with it),
+``--frozen_dtype``, ``--logits_len`` (positions given logits; the default 8 is the answer only,
+32 is every text position with the same loss), ``--no_donate``, ``--strategy replicate`` (a full
+copy of the weights per device) instead of FSDP, and ``--set llm.field=value`` for any model
+field.
 """
 
 from __future__ import annotations
@@ -52,6 +58,9 @@ def main() -> None:
                    help="model field overrides, e.g. llm.scan_unroll=18 (value parsed as Python)")
     p.add_argument("--strategy", default="fsdp", choices=["fsdp", "replicate"])
     p.add_argument("--profile", action="store_true", help="print GPU kernel time per kind")
+    p.add_argument("--logits_len", type=int, default=8,
+                   help="text positions given logits (>= the 8 scored ones; 32 = all)")
+    p.add_argument("--no_donate", action="store_true", help="do not donate the train state")
     a = p.parse_args()
 
     text_len, loss_len = 32, 8
@@ -126,8 +135,8 @@ def main() -> None:
     }
     batch = sharding.global_batch(batch, mesh)
     fn = jax.jit(
-        step_lib.make_update_fn(model, opt, loss_len=loss_len, grad_accum_steps=a.accum),
-        donate_argnums=(0,),
+        step_lib.make_update_fn(model, opt, loss_len=a.logits_len, grad_accum_steps=a.accum),
+        donate_argnums=() if a.no_donate else (0,),
     )
     t = time.time()
     compiled = fn.lower(state, jax.random.PRNGKey(0), batch).compile()
@@ -143,6 +152,7 @@ def main() -> None:
     jax.block_until_ready(m)
     dt = (time.time() - t) / a.steps
     ex_s = a.batch / dt
+    # Model FLOPs count the scored positions only: extra logits are overhead, not useful work.
     flops = accounting.train_flops_per_example(cfg, shapes, opt.trainable, text_len, loss_len)
     dev = jax.devices()[0]
     peak = accounting.peak_flops(dev.device_kind)
@@ -150,7 +160,8 @@ def main() -> None:
     stats = dev.memory_stats() or {}
     print(
         f"RESULT variant={a.variant} res={a.res} batch={a.batch} freeze={a.freeze} "
-        f"dtype={a.dtype} remat={a.remat} accum={a.accum} "
+        f"dtype={a.dtype} frozen={a.frozen_dtype} remat={a.remat} accum={a.accum} "
+        f"logits_len={a.logits_len} donate={not a.no_donate} "
         f"llm_unroll={cfg['llm']['scan_unroll']} set={','.join(a.set) or '-'} "
         f"strategy={a.strategy} devices={jax.device_count()}x{dev.device_kind}: "
         f"step {dt * 1e3:.1f} ms, {ex_s:.1f} examples/s, {flops / 1e12:.3f} TFLOP/example, "

@@ -8,7 +8,8 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHECK = (
     "import sys, importlib.util\n"
-    "for script in ('bench_decode', 'bench_forward', 'bench_train_step', 'profile_decode'):\n"
+    "for script in ('bench_decode', 'bench_forward', 'bench_train_step', 'bench_train',\n"
+    "               'bench_train_levers', 'profile_decode'):\n"
     "    spec = importlib.util.spec_from_file_location(script, f'scripts/{script}.py')\n"
     "    spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
     "import pg_jax.predict, pg_jax.predict_fns, pg_jax.report, pg_jax.evaluators.anls\n"
