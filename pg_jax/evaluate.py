@@ -195,12 +195,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             entry.update({k: v for k, v in flags.items() if v is not None})
             entry.update(report=not a.no_report, report_rows=a.report_rows, progress=True)
 
+        import jax
         import jax.numpy as jnp
 
+        from pg_jax import sharding
         from pg_jax.models import loader
 
-        print(f"loading {ckpt}")
-        model, params = loader.load(ckpt, dtype=a.dtype, param_dtype=jnp.dtype(a.dtype))
+        # A full copy of the weights on every device; the evaluator splits each batch's rows
+        # over them (pg_jax.predict_fns.place_batch), so all devices decode, each its share.
+        mesh = sharding.make_mesh([("data", -1)])
+        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        print(f"loading {ckpt} onto {jax.device_count()} device(s)")
+        model, params = loader.load(
+            ckpt, dtype=a.dtype, param_dtype=jnp.dtype(a.dtype), shardings=replicated
+        )
         res = model.img["image_size"]
         if a.res and a.res != res:
             raise ValueError(f"--res {a.res}: checkpoint {ckpt} is at {res} px")

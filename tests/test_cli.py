@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,6 +13,8 @@ from pg_jax import evaluate, predict
 from pg_jax.models import exporter
 from pg_jax.pp.tokenizer import Tokenizer
 from tests import tiny_model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +43,29 @@ def test_evaluate_flags_only(ckpt, synth, tmp_path, capsys):
     records = json.loads((tmp_path / "docvqa_val.json").read_text())
     assert len(records) == 5 and all("anls" in r for r in records)
     assert "<table>" in (tmp_path / "docvqa_val.html").read_text()
+
+
+def test_evaluate_on_four_devices_matches_one(ckpt, synth, tmp_path):
+    """Each of 4 (fake CPU) devices decodes its share of every batch; answers are unchanged."""
+    def argv(workdir):
+        return ["--workdir", str(workdir), "--ckpt", ckpt, "--data", synth, "--limit", "8",
+                "--batch_size", "4", "--max_decode_len", "4", "--text_len", "24",
+                "--no_report"]  # fmt: skip
+
+    assert evaluate.main(argv(tmp_path / "one")) == 0
+    code = f"import sys\nfrom pg_jax import evaluate\nsys.exit(evaluate.main({argv(tmp_path / 'four')!r}))"
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+               JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=600, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "onto 4 device(s)" in out.stdout
+    one = json.loads((tmp_path / "one" / "docvqa_val.json").read_text())
+    four = json.loads((tmp_path / "four" / "docvqa_val.json").read_text())
+    assert len(one) == 8
+    assert [(r["questionId"], r["answer"]) for r in four] == [
+        (r["questionId"], r["answer"]) for r in one
+    ]
 
 
 def test_evaluate_without_checkpoint_says_so(tmp_path, capsys):
