@@ -1,4 +1,5 @@
-"""Mesh and sharding rules; the 8-device FSDP step equals one device (subprocess)."""
+"""Mesh and sharding rules; sharded train steps and decoding equal one device (subprocesses
+with fake CPU devices)."""
 
 import os
 import subprocess
@@ -36,35 +37,29 @@ def test_bad_rules_and_meshes():
         sharding.make_mesh([("data", 3 * jax.device_count() + 1)])
 
 
-def test_sharded_step_equals_single_device():
+def _run_on_fake_devices(script: str, devices: int) -> str:
+    """Runs tests/<script> in a fresh process that sees `devices` CPU devices; its output."""
     env = dict(
         os.environ,
-        XLA_FLAGS="--xla_force_host_platform_device_count=8",
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
         JAX_PLATFORMS="cpu",
     )
     out = subprocess.run(
-        [sys.executable, os.path.join(HERE, "sharded_step_check.py")],
+        [sys.executable, os.path.join(HERE, script)],
         env=env,
         capture_output=True,
         text=True,
         timeout=600,
         check=False,
     )
-    assert "SHARDED_OK" in out.stdout, out.stdout[-2000:] + out.stderr[-4000:]
+    return out.stdout + out.stderr[-4000:]
+
+
+def test_sharded_step_equals_single_device():
+    out = _run_on_fake_devices("sharded_step_check.py", 8)
+    assert "SHARDED_OK" in out, out[-6000:]
 
 
 def test_decode_with_params_on_a_mesh_equals_one_device():
-    env = dict(
-        os.environ,
-        XLA_FLAGS="--xla_force_host_platform_device_count=4",
-        JAX_PLATFORMS="cpu",
-    )
-    out = subprocess.run(
-        [sys.executable, os.path.join(HERE, "sharded_decode_check.py")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert "SHARDED_DECODE_OK" in out.stdout, out.stdout[-2000:] + out.stderr[-4000:]
+    out = _run_on_fake_devices("sharded_decode_check.py", 4)
+    assert "SHARDED_DECODE_OK" in out, out[-6000:]
