@@ -36,7 +36,8 @@ def place_batch(params: dict, batch: dict) -> tuple[dict, Callable]:
       batch: this process's rows, numpy arrays with a leading batch axis.
 
     Returns:
-      (batch to pass to the model, ``to_local(out)``: this process's rows of an output).
+      (batch to pass to the model, ``to_local(out)``: this process's rows of an output, a
+      pytree of arrays with a leading batch axis).
     """
     leaf = jax.tree_util.tree_leaves(params)[0]
     mesh = getattr(getattr(leaf, "sharding", None), "mesh", None)
@@ -58,7 +59,9 @@ def place_batch(params: dict, batch: dict) -> tuple[dict, Callable]:
     from jax.experimental import multihost_utils
 
     spec = jax.sharding.PartitionSpec("data")
-    return placed, lambda out: multihost_utils.global_array_to_host_local_array(out, mesh, spec)
+    return placed, lambda out: jax.tree.map(
+        lambda x: multihost_utils.global_array_to_host_local_array(x, mesh, spec), out
+    )
 
 
 def _decode(params: dict, batch: dict, *, model: paligemma.Model, **kw) -> jax.Array:
@@ -75,17 +78,20 @@ def _logits_jit(params, image, text, mask_ar, mask_input, *, model):
 
 def _logits(params: dict, batch: dict, *, model: paligemma.Model):
     """Teacher-forced logits of ``text[:, :-1]`` (targets are ``text[:, 1:]``)."""
-    text = jnp.asarray(batch["text"], jnp.int32)
-    mask_ar = jnp.asarray(batch["mask_ar"], jnp.int32)
-    mask_input = jnp.asarray(batch.get("mask_input", jnp.ones(text.shape)), bool)
-    return _logits_jit(
+    keys = ("image", "text", "mask_ar", "mask_input")
+    placed, to_local = place_batch(params, {k: batch[k] for k in keys if k in batch})
+    text = jnp.asarray(placed["text"], jnp.int32)
+    mask_ar = jnp.asarray(placed["mask_ar"], jnp.int32)
+    mask_input = jnp.asarray(placed.get("mask_input", jnp.ones(text.shape)), bool)
+    logits, out = _logits_jit(
         params,
-        batch["image"],
+        placed["image"],
         text[:, :-1],
         mask_ar[:, :-1],
         mask_input[:, :-1],
         model=model,
     )
+    return to_local(logits), to_local(out)
 
 
 def get_all(model: paligemma.Model) -> dict[str, Callable]:

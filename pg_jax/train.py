@@ -11,6 +11,7 @@ the absl flags and calls `train(config, workdir)`, which reads top to bottom:
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 import os
@@ -183,6 +184,7 @@ def train(config, workdir: str) -> dict:
     # ------------------------------------------------------------------------------------------
     # Data: a per-process iterator of numpy batches, restorable from a position.
     # ------------------------------------------------------------------------------------------
+    # make_iterator(batch_size=, seed=, state=) -> this process's batches, resumable.
     if config.input.data["name"] == "random":  # benchmarking: no files, no TensorFlow
         from pg_jax.data import random_batches
 
@@ -192,12 +194,20 @@ def train(config, workdir: str) -> dict:
             vocab_size=model_cfg["llm"]["vocab_size"],
             # As many answer tokens as the loss scores (at most half the text).
             answer_len=min(config.loss_len, config.input.text_len // 2),
+            process_index=jax.process_index(),
         )
+        make_iterator = source.make_iterator
     else:
         from pg_jax.data import core, input_pipeline  # TensorFlow enters here, and only here
 
         source = core.get(
             **prepared_training_data(resolve_data(config.input.data, config), config)
+        )
+        pp = input_pipeline.pp_train(
+            config.input.res, config.input.text_len, config.input.prompt, config.tokenizer or None
+        )
+        make_iterator = functools.partial(
+            input_pipeline.make_iterator, source, pp, shuffle_buffer=config.input.shuffle_buffer
         )
     steps_total = total_steps(config, source.num_examples)
     opt = optim.make(config, optim.unflatten(flat_shapes), steps_total)
@@ -284,25 +294,7 @@ def train(config, workdir: str) -> dict:
     log("Sharded parameters:\n" + sharding.describe(param_shardings, flat_shapes))
 
     local_batch = config.input.batch_size // jax.process_count()
-    if config.input.data["name"] == "random":
-        it = source.make_iterator(
-            batch_size=local_batch, seed=config.seed + jax.process_index(), state=iter_state
-        )
-    else:
-        pp = input_pipeline.pp_train(
-            config.input.res,
-            config.input.text_len,
-            config.input.prompt,
-            config.tokenizer or None,
-        )
-        it = input_pipeline.make_iterator(
-            source,
-            pp,
-            batch_size=local_batch,
-            seed=config.seed,
-            state=iter_state,
-            shuffle_buffer=config.input.shuffle_buffer,
-        )
+    it = make_iterator(batch_size=local_batch, seed=config.seed, state=iter_state)
 
     # ------------------------------------------------------------------------------------------
     # Compile once: donated state, explicit output shardings; log memory before running.

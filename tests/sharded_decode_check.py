@@ -1,5 +1,6 @@
-"""Run in a subprocess with 4 fake CPU devices: decoding with the params on a mesh (replicated or
-FSDP-sharded) and the batch's rows split over the devices gives the single-device tokens."""
+"""Run in a subprocess with 4 fake CPU devices: decoding (and the teacher-forced logits) with the
+params on a mesh (replicated or FSDP-sharded) and the batch's rows split over the devices give
+the single-device results."""
 
 import os
 import sys
@@ -32,7 +33,10 @@ def main():
         "mask_ar": np.zeros_like(text),
     }
     kw = {"max_decode_len": 5, "eos_id": -1}
-    expected = np.asarray(decode(jax.device_put(params, jax.devices()[0]), batch, **kw))
+    one_device = jax.device_put(params, jax.devices()[0])
+    expected = np.asarray(decode(one_device, batch, **kw))
+    logits_fn = predict_fns.get_all(model)["logits"]  # what the perplexity evaluator runs
+    expected_logits = np.asarray(logits_fn(one_device, batch)[0])
 
     mesh = sharding.make_mesh([("data", -1)])
     for rule in ("replicate()", 'fsdp(axis="data", min_size_mb=0)'):
@@ -43,6 +47,9 @@ def main():
         assert shard_rows == {b // 4}, (rule, shard_rows)
         got = np.asarray(decode(placed, batch, **kw))
         np.testing.assert_array_equal(got, expected, err_msg=rule)
+        # FSDP splits contractions over devices: float sums reassociate (seen: 1.4e-5).
+        np.testing.assert_allclose(np.asarray(logits_fn(placed, batch)[0]), expected_logits,
+                                   rtol=1e-4, atol=1e-4, err_msg=rule)
         # 3 rows do not split over 4 devices: decoded unsplit on one host, same tokens.
         three = {k: v[:3] for k, v in batch.items()}
         np.testing.assert_array_equal(np.asarray(decode(placed, three, **kw)), expected[:3])

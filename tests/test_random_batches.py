@@ -33,3 +33,13 @@ def test_resuming_from_state_continues_the_same_stream():
     assert not np.array_equal(next(it)["text"], expected["text"])  # batches differ
     with pytest.raises(ValueError, match="another seed or batch size"):
         src.make_iterator(batch_size=4, seed=3, state=state)
+
+
+def test_each_process_draws_its_own_rows():
+    make = lambda i: random_batches.RandomSource(res=14, text_len=6, vocab_size=40,  # noqa: E731
+                                                 answer_len=2, process_index=i)
+    first = next(make(0).make_iterator(batch_size=2, seed=3))
+    again = next(make(0).make_iterator(batch_size=2, seed=3))
+    other = next(make(1).make_iterator(batch_size=2, seed=3))
+    np.testing.assert_array_equal(first["text"], again["text"])
+    assert not np.array_equal(first["text"], other["text"])

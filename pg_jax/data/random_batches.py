@@ -21,12 +21,13 @@ class RandomSource:
     """An endless stream of random examples (`num_examples` is only used for epoch counting)."""
 
     def __init__(self, *, res: int, text_len: int, vocab_size: int, answer_len: int = 8,
-                 num_examples: int = 1_000_000):
+                 num_examples: int = 1_000_000, process_index: int = 0):
         if not 1 <= answer_len <= text_len - 1:
             raise ValueError(f"answer_len {answer_len} must be in [1, text_len - 1 = "
                              f"{text_len - 1}]")
         self.res, self.text_len, self.vocab_size = res, text_len, vocab_size
         self.answer_len, self.num_examples = answer_len, num_examples
+        self.process_index = process_index  # each process draws its own rows
 
     def make_iterator(self, *, batch_size: int, seed: int = 0,
                       state: dict | None = None) -> RandomBatches:
@@ -51,7 +52,7 @@ class RandomBatches:
 
     def __next__(self) -> dict[str, np.ndarray]:
         s, b = self.source, self.batch_size
-        rng = np.random.default_rng([self.seed, self.examples])
+        rng = np.random.default_rng([self.seed, s.process_index, self.examples])
         n = s.text_len + 1
         text = rng.integers(FIRST_PIECE, s.vocab_size, (b, n), dtype=np.int32)
         text[:, 0] = BOS

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pg_jax import predict_fns
 from pg_jax import step as step_lib
 from pg_jax.data import core, input_pipeline
 
@@ -102,9 +103,11 @@ class Evaluator:
         nll_sum = tok_sum = ex_loss_sum = n = 0.0
         for b in self._batches():
             mask = b["_mask"]
-            nll, tok = jax.device_get(
-                self._fn(params, {k: v for k, v in b.items() if k != "_mask"})
+            # Rows split over the params' devices (and processes), as for decoding.
+            placed, to_local = predict_fns.place_batch(
+                params, {k: v for k, v in b.items() if k != "_mask"}
             )
+            nll, tok = jax.device_get(to_local(self._fn(params, placed)))
             nll, tok = nll[mask], tok[mask]
             nll_sum += float(nll.sum())
             tok_sum += float(tok.sum())

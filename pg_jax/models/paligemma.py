@@ -170,14 +170,13 @@ class Model(nn.Module):
         dtype = cache_dtype or x.dtype
 
         def pad_kv(a):
-            """Cache slots after the prompt; ``a`` is [L, B, S, K, H] or per-layer [B, S, K, H]s."""
-            if isinstance(a, tuple):  # an unstacked LLM (scan=False)
-                return tuple(pad_kv(layer[None])[0] for layer in a)
-            return jnp.pad(a.astype(dtype), ((0, 0), (0, 0), (0, pad), (0, 0), (0, 0)))
+            """Empty slots after the prompt on the S axis of [(L,) B, S, K, H] arrays."""
+            widths = [(0, 0)] * (a.ndim - 3) + [(0, pad), (0, 0), (0, 0)]
+            return jnp.pad(a.astype(dtype), widths)
 
-        cache = {
-            "k": pad_kv(kv["k"]),
-            "v": pad_kv(kv["v"]),
+        cache = {  # the LLM's stacked [L, ...] arrays, or per-layer tuples when unstacked
+            "k": jax.tree.map(pad_kv, kv["k"]),
+            "v": jax.tree.map(pad_kv, kv["v"]),
             "mask": jnp.pad(full_mask, ((0, 0), (0, pad))),
             "pos": jnp.pad(positions, ((0, 0), (0, pad))),
             "index": jnp.asarray(seq_len, jnp.int32),
