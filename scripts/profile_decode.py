@@ -10,6 +10,7 @@ the most device time, so the per-token cost can be compared with the weight-band
 import argparse
 import os
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -44,9 +45,14 @@ def main():
     run = lambda: decode(model, params, batch, max_decode_len=a.decode_len, eos_id=-1)  # noqa: E731
     for _ in range(3):
         jax.block_until_ready(run())
+    t0 = time.perf_counter()
+    for _ in range(5):
+        jax.block_until_ready(run())
+    wall_ms = (time.perf_counter() - t0) / 5 * 1e3
 
     times = profiling.kernel_times(lambda: jax.block_until_ready(run()))
-    print(f"{a.variant} res {a.res} batch {a.batch}, {a.decode_len} tokens:")
+    print(f"{a.variant} res {a.res} batch {a.batch}, {a.decode_len} tokens: "
+          f"{wall_ms:.2f} ms wall per call (GPU idle = wall - kernel time)")
     print(profiling.summarize(times, per=1, top=a.top))
 
 if __name__ == "__main__":

@@ -123,3 +123,32 @@ def test_degenerate_samplers_equal_greedy(tiny):
     )
     np.testing.assert_array_equal(top1, greedy)
     np.testing.assert_array_equal(top_p, greedy)
+
+
+def test_prefix_prompt_takes_the_key_lengths_mask_only_when_it_is_one():
+    from pg_jax.decode import _is_right_padded_prefix as is_prefix
+
+    right = np.array([[1, 1, 0], [1, 1, 1]])
+    assert is_prefix(right, np.zeros((2, 3), np.int32))
+    assert is_prefix(None, None) and is_prefix(right, None)
+    assert not is_prefix(np.array([[0, 1, 1], [1, 1, 1]]), None)  # left padding
+    assert not is_prefix(right, np.array([[0, 0, 1], [0, 0, 0]]))  # a causal token
+
+
+@pytest.mark.parametrize("impl", ["einsum", "xla"])
+def test_prefill_with_key_lengths_equals_the_dense_prefix_mask(impl):
+    # "xla" takes the lengths natively (as cuDNN does on a GPU); einsum expands them.
+    model, params, batch, lengths = _setup("tiny_pg1")
+    model = model.clone(llm={**model.llm, "attention_impl": impl})
+    args = (batch["image"], batch["text"], batch["mask_input"], batch["mask_ar"])
+    out = {}
+    for prefix in (False, True):
+        out[prefix] = model.apply({"params": params}, *args, cache_size=20,
+                                  prompt_is_prefix=prefix, method=type(model).prefill)
+    np.testing.assert_allclose(out[True][0], out[False][0], atol=1e-5)
+    valid = model.num_image_tokens + np.array(lengths)
+    for i, n in enumerate(valid):  # the cache rows that later steps read
+        np.testing.assert_allclose(out[True][1]["k"][:, i, :n], out[False][1]["k"][:, i, :n],
+                                   atol=1e-5)
+        np.testing.assert_allclose(out[True][1]["v"][:, i, :n], out[False][1]["v"][:, i, :n],
+                                   atol=1e-5)

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pg_jax.models import loader, paligemma, variants
+from pg_jax.models import gemma, loader, paligemma, variants
 
 VOCAB = 64
 
@@ -179,3 +179,21 @@ def test_remat_and_unroll_do_not_change_the_function():
     got = jax.jit(jax.grad(lambda p: loss(other, p)))(params)
     for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(got)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("heads,kv_heads", [(4, 1), (4, 2), (4, 4)])
+def test_fused_qkv_attention_equals_the_checkpoint_layout(heads, kv_heads):
+    # MQA (PaliGemma 1), GQA (PaliGemma 2) and MHA (a single qkv_einsum tensor).
+    kw = dict(num_heads=heads, num_kv_heads=kv_heads, head_dim=8)
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 16))
+    pos = jnp.broadcast_to(jnp.arange(5), (2, 5))
+    mask = jnp.tril(jnp.ones((5, 5), bool))[None].repeat(2, 0)
+    plain = gemma.Attention(**kw)
+    params = plain.init(jax.random.PRNGKey(1), x, pos, mask, None, None)["params"]
+    assert ("qkv_einsum" in params) == (heads == kv_heads)
+    want, (k, v) = plain.apply({"params": params}, x, pos, mask, None, None)
+    fused = gemma.Attention(**kw, fused_qkv=True)
+    got, (k2, v2) = fused.apply({"params": gemma.fuse_qkv(params)}, x, pos, mask, None, None)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    np.testing.assert_allclose(k2, k, atol=1e-5)
+    np.testing.assert_allclose(v2, v, atol=1e-5)

@@ -107,11 +107,24 @@ class Attention(nn.Module):
     attn_logits_softcap: float = 0.0
     attention_impl: str = "einsum"
 
+    # True: q, k and v come from one [D, (N + 2K) * H] matrix ("qkv_fused", made by
+    # fuse_qkv). Decoding uses it: one plain matmul per layer instead of two or three
+    # einsums whose weights keep D between the head axes, which XLA runs as slow
+    # reductions when a step has a single row.
+    fused_qkv: bool = False
+
     @nn.compact
     def __call__(self, x, positions, attn_mask, kv_cache, cache_index):
         width = x.shape[-1]
         n, k_heads, h = self.num_heads, self.num_kv_heads, self.head_dim
-        if n == k_heads:
+        if self.fused_qkv:
+            shape = (width, (n + 2 * k_heads) * h)
+            w = self.param("qkv_fused", nn.initializers.lecun_normal(), shape)
+            qkv = x @ w.astype(x.dtype)
+            q, k, v = jnp.split(qkv, [n * h, (n + k_heads) * h], axis=-1)
+            q = q.reshape(*x.shape[:-1], n, h)
+            k, v = (a.reshape(*x.shape[:-1], k_heads, h) for a in (k, v))
+        elif n == k_heads:
             # Multi-head checkpoints store q, k and v in one tensor.
             qkv = Einsum((3, n, width, h), _init((2,), (0, 1, 3)), name="qkv_einsum")
             q, k, v = qkv("BTD,3NDH->3BTNH", x)
@@ -188,6 +201,7 @@ class Block(nn.Module):
     post_norms: bool = False
     sliding_window: int = 0
     attention_impl: str = "einsum"
+    fused_qkv: bool = False
 
     @nn.compact
     def __call__(self, x, scanned, positions, key_positions, attn_mask, cache_index):
@@ -197,6 +211,8 @@ class Block(nn.Module):
             # HF Gemma 2 limits every other layer to the last `sliding_window`
             # positions; only sequences longer than the window (896 px) notice.
             near = positions[:, :, None] - key_positions[:, None, :] < self.sliding_window
+            if isinstance(attn_mask, attention.KeyLengths):
+                attn_mask = attn_mask.dense(*near.shape[1:])
             attn_mask = jnp.where(is_sliding, attn_mask & near, attn_mask)
 
         x = nn.with_logical_constraint(x, ("act_batch", "act_len", "act_emb"))
@@ -208,6 +224,7 @@ class Block(nn.Module):
             self.query_pre_attn_norm,
             self.attn_logits_softcap,
             self.attention_impl,
+            self.fused_qkv,
             name="attn",
         )(y, positions, attn_mask, kv_cache, cache_index)
         if self.post_norms:
@@ -251,6 +268,8 @@ class Model(nn.Module):
     # unstack_layers). Decoding uses it: slicing stacked weights inside a loop
     # makes XLA copy every layer's weights on every generated token.
     scan: bool = True
+    # Attention's q/k/v weights as one matrix (see Attention.fused_qkv, fuse_qkv).
+    fused_qkv: bool = False
 
     def setup(self):
         self.embedder = Embedder(self.vocab_size, self.width)
@@ -276,6 +295,7 @@ class Model(nn.Module):
             self.post_norms,
             self.sliding_window,
             self.attention_impl,
+            self.fused_qkv,
         )
         if self.scan:
             self.layers = nn.scan(
@@ -307,7 +327,8 @@ class Model(nn.Module):
         Args:
           x: float[B, T, D] embedded inputs.
           positions: int[B, T] RoPE positions of the inputs.
-          attn_mask: bool[B, T, S]; S = T without a cache, the cache size with one.
+          attn_mask: bool[B, T, S]; S = T without a cache, the cache size with one. Or an
+            ``attention.KeyLengths`` (no cache; every query sees its row's first keys).
           kv_cache: None, or {"k", "v": [L, B, S, K, H], "pos": int[B, S]} to attend
             over; this step's keys/values are written at ``cache_index``.
           cache_index: int32 scalar slot of the first input in the cache.
@@ -348,10 +369,35 @@ class Model(nn.Module):
         return logits
 
 
-def unstack_layers(llm_params: dict, depth: int) -> dict:
-    """Stacked ``layers/...[L, ...]`` -> ``layers_{i}/...`` for ``Model(scan=False)``."""
+def unstack_layers(llm_params: dict, depth: int, fused_qkv: bool = False) -> dict:
+    """Stacked ``layers/...[L, ...]`` -> ``layers_{i}/...`` for ``Model(scan=False)``.
+
+    With ``fused_qkv`` the attention weights also become ``Model(fused_qkv=True)``'s
+    single q/k/v matrix (see fuse_qkv).
+    """
     params = dict(llm_params)
     stacked = params.pop("layers")
     for i in range(depth):
-        params[f"layers_{i}"] = jax.tree.map(lambda x, i=i: x[i], stacked)
+        layer = jax.tree.map(lambda x, i=i: x[i], stacked)
+        if fused_qkv:
+            layer = {**layer, "attn": fuse_qkv(layer["attn"])}
+        params[f"layers_{i}"] = layer
     return params
+
+
+def fuse_qkv(attn_params: dict) -> dict:
+    """One layer's attention params -> ``Attention(fused_qkv=True)``'s.
+
+    ``q_einsum [N, D, H]`` + ``kv_einsum [2, K, D, H]`` (or ``qkv_einsum [3, N, D, H]``)
+    become ``qkv_fused [D, (N + 2K) * H]``: columns q heads, then k heads, then v heads.
+    """
+    attn = dict(attn_params)
+    if "qkv_einsum" in attn:
+        parts = list(attn.pop("qkv_einsum")["w"])  # 3 x [N, D, H]
+    else:
+        kv = attn.pop("kv_einsum")["w"]
+        parts = [attn.pop("q_einsum")["w"], kv[0], kv[1]]
+    width = parts[0].shape[1]
+    columns = [p.transpose(1, 0, 2).reshape(width, -1) for p in parts]  # [D, heads * H]
+    attn["qkv_fused"] = jnp.concatenate(columns, axis=1)
+    return attn

@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from pg_jax.models import gemma, siglip
+from pg_jax.models import attention, gemma, siglip
 
 
 def make_attn_mask(input_mask: jax.Array, mask_ar: jax.Array) -> jax.Array:
@@ -136,6 +136,7 @@ class Model(nn.Module):
         *,
         cache_size: int,
         cache_dtype=None,
+        prompt_is_prefix: bool = False,
     ):
         """Runs the prompt and builds a KV cache for ``extend``.
 
@@ -151,6 +152,9 @@ class Model(nn.Module):
           mask_ar: int32[B, T] (0 on the prompt for a prefix-LM prompt).
           cache_size: total slots S >= P + T + tokens to generate.
           cache_dtype: dtype of cached keys/values (default: compute dtype).
+          prompt_is_prefix: promise that ``mask_ar`` is all zeros and ``input_mask`` is
+            right padding (True then False on every row); the attention mask is then given
+            by each row's length, which the fused attention kernels run much faster.
 
         Returns:
           (logits float32[B, V] at each example's last prompt token, cache).
@@ -160,7 +164,11 @@ class Model(nn.Module):
         if cache_size < seq_len:
             raise ValueError(f"cache_size {cache_size} < prompt length {seq_len}")
         positions = positions_from_mask(full_mask)
-        pre_logits, kv = self._llm(x, positions, make_attn_mask(full_mask, full_ar))
+        if prompt_is_prefix:
+            attn_mask = attention.KeyLengths(jnp.sum(full_mask, axis=1, dtype=jnp.int32))
+        else:
+            attn_mask = make_attn_mask(full_mask, full_ar)
+        pre_logits, kv = self._llm(x, positions, attn_mask)
 
         last = jnp.sum(full_mask, axis=1) - 1  # index of each example's last valid token
         last_pre_logits = jnp.take_along_axis(pre_logits, last[:, None, None], axis=1)[:, 0]
