@@ -159,8 +159,9 @@ def answer(
     The last batch is padded (by repeating its first request) so every batch has one shape and
     the decode loop compiles once.
     """
-    from pg_jax.decode import decode
+    from pg_jax.decode import decode, decoding_params
 
+    params = decoding_params(model, params)  # once, not per batch
     res = model.img["image_size"]
     out = []
     for start in range(0, len(requests), batch_size):

@@ -152,3 +152,25 @@ def test_prefill_with_key_lengths_equals_the_dense_prefix_mask(impl):
                                    atol=1e-5)
         np.testing.assert_allclose(out[True][1]["v"][:, i, :n], out[False][1]["v"][:, i, :n],
                                    atol=1e-5)
+
+
+def test_params_converted_once_decode_the_same(tiny):
+    model, params, batch, _ = tiny
+    kw = {"max_decode_len": STEPS, "eos_id": NEVER}
+    once = pg_jax.decoding_params(model, params)
+    assert "layers" not in once["llm"] and "qkv_fused" in once["llm"]["layers_0"]["attn"]
+    assert once["img"] is params["img"]  # shared, not copied
+    np.testing.assert_array_equal(np.asarray(pg_jax.decode(model, once, batch, **kw)),
+                                  np.asarray(pg_jax.decode(model, params, batch, **kw)))
+    assert pg_jax.decoding_params(model, once) is once
+
+
+def test_a_batch_of_one_decodes_as_in_a_larger_batch(tiny):
+    # One row takes another matmul path in the decode steps (gemma._matmul pads it to two).
+    model, params, batch, _ = tiny
+    kw = {"max_decode_len": STEPS, "eos_id": NEVER}
+    full = np.asarray(pg_jax.decode(model, params, batch, **kw))
+    for i in range(2):
+        one = np.asarray(pg_jax.decode(model, params, {k: v[i : i + 1] for k, v in batch.items()},
+                                       **kw))
+        np.testing.assert_array_equal(one[0], full[i])

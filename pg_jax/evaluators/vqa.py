@@ -39,6 +39,7 @@ import jax
 import numpy as np
 
 from pg_jax import predict_fns
+from pg_jax.decode import decoding_params
 from pg_jax.evaluators import anls as anls_lib
 from pg_jax.evaluators import common
 from pg_jax.pp.tokenizer import Tokenizer
@@ -160,7 +161,7 @@ class Evaluator:
         self.res = res or model.img["image_size"]
         self.pp = pp_vqa_eval(self.res, text_len, prompt, tokenizer)
         self.batch_size = batch_size
-        self.predict = predict_fns.get_all(model)[pred]
+        self.pred, self.predict = pred, predict_fns.get_all(model)[pred]
         kw = {"max_decode_len": max_decode_len, "eos_id": self.tok.eos_id}
         self.pred_kw = {**kw, **(pred_kw or {})}
         self.report, self.report_rows, self.progress = report, report_rows, progress
@@ -194,6 +195,8 @@ class Evaluator:
         """
         if isinstance(params, dict) and "params" in params and "img" not in params:
             params = params["params"]  # Accept the trainer's {"params", "opt"} state too.
+        if self.pred == "decode":  # converted once per run instead of once per batch
+            params = decoding_params(self.model, params)
         from tqdm import tqdm
 
         t0 = time.perf_counter()

@@ -75,6 +75,31 @@ class Einsum(nn.Module):
         return jnp.einsum(eqn, x, w.astype(x.dtype))
 
 
+def _matmul(x: jax.Array, w: jax.Array) -> jax.Array:
+    """``x[..., K] @ w[K, N]``, with a single row padded to two.
+
+    XLA runs a one-row product with a weight of under 10M elements as a reduction, at about a
+    third of the HBM bandwidth on an H100 (9.4 us for the 10 MB q/k/v weight of a decode step
+    at batch 1); two rows make it a GEMM.
+    """
+    if x.size != x.shape[-1]:
+        return x @ w
+    two = jnp.pad(x.reshape(1, -1), ((0, 1), (0, 0)))
+    return (two @ w)[0].reshape(*x.shape[:-1], w.shape[-1])
+
+
+class FlatMatmul(nn.Module):
+    """``Einsum``'s weight ``w[K1, K2, .., N]`` applied as the matrix ``[K1 * K2 * .., N]``."""
+
+    shape: tuple[int, ...]
+    w_init: nn.initializers.Initializer = nn.initializers.zeros_init()
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        w = self.param("w", self.w_init, self.shape)
+        return _matmul(x, w.reshape(-1, self.shape[-1]).astype(x.dtype))
+
+
 class Embedder(nn.Module):
     """Token embedding, tied with the output projection."""
 
@@ -120,7 +145,7 @@ class Attention(nn.Module):
         if self.fused_qkv:
             shape = (width, (n + 2 * k_heads) * h)
             w = self.param("qkv_fused", nn.initializers.lecun_normal(), shape)
-            qkv = x @ w.astype(x.dtype)
+            qkv = _matmul(x, w.astype(x.dtype))
             q, k, v = jnp.split(qkv, [n * h, (n + k_heads) * h], axis=-1)
             q = q.reshape(*x.shape[:-1], n, h)
             k, v = (a.reshape(*x.shape[:-1], k_heads, h) for a in (k, v))
@@ -165,6 +190,9 @@ class Attention(nn.Module):
             implementation=self.attention_impl,
         )
         encoded = checkpoint_name(encoded, "attn_encoded")
+        if self.fused_qkv:  # decoding: the same weight and product, as one matrix
+            out = FlatMatmul((n, h, width), _init((0, 1), (2,)), name="attn_vec_einsum")
+            return out(encoded.reshape(*encoded.shape[:-2], n * h)), new_kv
         out = Einsum((n, h, width), _init((0, 1), (2,)), name="attn_vec_einsum")
         return out("BTNH,NHD->BTD", encoded), new_kv
 
