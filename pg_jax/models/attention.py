@@ -80,6 +80,11 @@ def attend(
         if isinstance(mask, KeyLengths):
             lengths = {"key_value_seq_lengths": mask.lengths, "query_seq_lengths": mask.lengths}
             mask = None
+        if t == 1:
+            # A one-token decode step: cuDNN's kernel pads the single query to a tile, XLA's
+            # own attention is faster there (H100, PaliGemma 1 3B at batch 16: 2.29 vs
+            # 2.45 ms per token).
+            implementation = "xla"
         return jax.nn.dot_product_attention(
             q,
             k,
