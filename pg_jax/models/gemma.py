@@ -133,9 +133,9 @@ class Attention(nn.Module):
     attention_impl: str = "einsum"
 
     # True: q, k and v come from one [D, (N + 2K) * H] matrix ("qkv_fused", made by
-    # fuse_qkv). Decoding uses it: one plain matmul per layer instead of two or three
-    # einsums whose weights keep D between the head axes, which XLA runs as slow
-    # reductions when a step has a single row.
+    # fuse_qkv), and both projections are plain matrix products (_matmul). Decoding uses
+    # it: one product instead of two or three per layer, and at batch 1 _matmul keeps
+    # them GEMMs (2.74 -> 2.26 ms per token for PaliGemma 1 3B on an H100).
     fused_qkv: bool = False
 
     @nn.compact
