@@ -47,9 +47,8 @@ def sample_token(logits, rng, sampler="greedy", temperature=1.0, top_k=0, top_p=
     return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
 
 
-def _decoding_params(model: paligemma.Model, params: dict) -> dict:
-    llm = gemma.unstack_layers(params["llm"], model.llm["depth"], fused_qkv=True)
-    return {**params, "llm": llm}
+# One compiled converter for every caller (inside _decode it is inlined into the trace).
+_unstack_llm = jax.jit(gemma.unstack_layers, static_argnums=1, static_argnames="fused_qkv")
 
 
 def decoding_params(model: paligemma.Model, params: dict) -> dict:
@@ -62,9 +61,8 @@ def decoding_params(model: paligemma.Model, params: dict) -> dict:
     """
     if "layers" not in params["llm"]:
         return params  # converted already
-    # Only the LLM goes through jit: the ViT's arrays are shared, not copied.
-    convert = jax.jit(gemma.unstack_layers, static_argnums=1, static_argnames="fused_qkv")
-    return {**params, "llm": convert(params["llm"], model.llm["depth"], fused_qkv=True)}
+    # Only the LLM is converted: the ViT's arrays are shared, not copied.
+    return {**params, "llm": _unstack_llm(params["llm"], model.llm["depth"], fused_qkv=True)}
 
 
 @functools.partial(
@@ -80,9 +78,7 @@ def _decode(params, image, text, mask_input, mask_ar, rng, *, model, max_decode_
     # steps run an unstacked copy of the LLM (made here, or once by
     # decoding_params), with per-layer cache arrays that each step updates in place.
     step_model = model.clone(llm={**model.llm, "scan": False, "fused_qkv": True})
-    if "layers" in params["llm"]:  # the stored layout: convert inside this call
-        params = _decoding_params(model, params)
-    variables = {"params": params}
+    variables = {"params": decoding_params(model, params)}  # a no-op once converted
     cache_size = model.num_image_tokens + text.shape[1] + max_decode_len
     logits, cache = step_model.apply(
         variables, image, text, mask_input, mask_ar, cache_size=cache_size,
