@@ -77,7 +77,9 @@ def _decode(params, image, text, mask_input, mask_ar, rng, *, model, max_decode_
     # every token (measured: 2.2 of 5.2 ms per token on an H100), so prefill and
     # steps run an unstacked copy of the LLM (made here, or once by
     # decoding_params), with per-layer cache arrays that each step updates in place.
-    step_model = model.clone(llm={**model.llm, "scan": False, "fused_qkv": True})
+    step_model = model.clone(
+        llm={**model.llm, "scan": False, "fused_qkv": True, "split_gating": False}
+    )
     variables = {"params": decoding_params(model, params)}  # a no-op once converted
     cache_size = model.num_image_tokens + text.shape[1] + max_decode_len
     logits, cache = step_model.apply(

@@ -197,22 +197,62 @@ class Attention(nn.Module):
         return out("BTNH,NHD->BTD", encoded), new_kv
 
 
+_SQRT_2_OVER_PI = 0.7978845608028654
+
+
+@jax.custom_vjp
+def gelu_gated(gate: jax.Array, up: jax.Array) -> jax.Array:
+    """``gelu_tanh(gate) * up``, with a hand-written backward pass.
+
+    Autodiff's backward kept float32 intermediates of the tanh for every MLP layer and read
+    gate and up in several passes; this one keeps only gate and up (in their dtype) and writes
+    both gradients from one elementwise pass. At PaliGemma 1 3B 224/32 on an H100: peak
+    memory 28.0 -> 22.9 GiB and 184.2 -> 185.3 examples/s (scripts/bench_train_step.py).
+    """
+    return nn.gelu(gate, approximate=True) * up
+
+
+def _gelu_gated_fwd(gate, up):
+    return gelu_gated(gate, up), (gate, up)
+
+
+def _gelu_gated_bwd(saved, grad):
+    gate, up = saved
+    x = gate.astype(jnp.float32)
+    # gelu_tanh(x) = x (1 + tanh(z)) / 2 = x sigmoid(2z), z = sqrt(2/pi) (x + 0.044715 x^3);
+    # the sigmoid form keeps its precision where tanh(z) is near -1.
+    s = jax.nn.sigmoid(2 * _SQRT_2_OVER_PI * (x + 0.044715 * x**3))
+    gelu = x * s
+    dgelu = s + x * 2 * s * (1 - s) * _SQRT_2_OVER_PI * (1 + 3 * 0.044715 * x * x)
+    g = grad.astype(jnp.float32)
+    d_gate = g * up.astype(jnp.float32) * dgelu
+    return d_gate.astype(gate.dtype), (g * gelu).astype(up.dtype)
+
+
+gelu_gated.defvjp(_gelu_gated_fwd, _gelu_gated_bwd)
+
+
 class FeedForward(nn.Module):
     """GeGLU: ``(gelu_tanh(x @ gating[0]) * (x @ gating[1])) @ linear``."""
 
     mlp_dim: int
+    # False: one batched product over the gate|up axis. Decoding needs it: slicing a layer's
+    # weight in two made XLA copy both halves on every token, which dominated one-token steps.
+    # Training takes two products: 1.5% more examples/s at PG1-3B 224/32 on an H100.
+    split_gating: bool = True
 
     @nn.compact
     def __call__(self, x):
         width = x.shape[-1]
         gating = self.param("gating_einsum", _init((1,), (0, 2)), (2, width, self.mlp_dim))
+        gating = gating.astype(x.dtype)
         linear = self.param("linear", _init((0,), (1,)), (self.mlp_dim, width))
-        # One batched matmul over the gate|up axis instead of x @ gating[0] and
-        # x @ gating[1]: slicing the weight in two made XLA copy both halves on
-        # every call, which dominated one-token decode steps.
-        both = jnp.broadcast_to(x, (2, *x.shape))
-        gate, up = jnp.einsum("K...D,KDF->K...F", both, gating.astype(x.dtype))
-        hidden = nn.gelu(gate, approximate=True) * up
+        if self.split_gating:
+            gate, up = x @ gating[0], x @ gating[1]
+        else:
+            both = jnp.broadcast_to(x, (2, *x.shape))
+            gate, up = jnp.einsum("K...D,KDF->K...F", both, gating)
+        hidden = gelu_gated(gate, up)
         hidden = checkpoint_name(hidden, "mlp_hidden")
         return hidden @ linear.astype(x.dtype)
 
@@ -230,6 +270,7 @@ class Block(nn.Module):
     sliding_window: int = 0
     attention_impl: str = "einsum"
     fused_qkv: bool = False
+    split_gating: bool = True
 
     @nn.compact
     def __call__(self, x, scanned, positions, key_positions, attn_mask, cache_index):
@@ -259,7 +300,7 @@ class Block(nn.Module):
             y = RMSNorm(name="post_attention_norm")(y)
         x = checkpoint_name(x + y, "attn_residual")
         y = RMSNorm(name="pre_ffw_norm")(x)
-        y = FeedForward(self.mlp_dim, name="mlp")(y)
+        y = FeedForward(self.mlp_dim, self.split_gating, name="mlp")(y)
         if self.post_norms:
             y = RMSNorm(name="post_ffw_norm")(y)
         return checkpoint_name(x + y, "block_out"), new_kv
@@ -298,6 +339,9 @@ class Model(nn.Module):
     scan: bool = True
     # Attention's q/k/v weights as one matrix (see Attention.fused_qkv, fuse_qkv).
     fused_qkv: bool = False
+    # GeGLU's gate and up as two products (training) or one batched product (decoding); see
+    # FeedForward.split_gating.
+    split_gating: bool = True
 
     def setup(self):
         self.embedder = Embedder(self.vocab_size, self.width)
@@ -324,6 +368,7 @@ class Model(nn.Module):
             self.sliding_window,
             self.attention_impl,
             self.fused_qkv,
+            self.split_gating,
         )
         if self.scan:
             self.layers = nn.scan(
