@@ -307,7 +307,7 @@ def train(config, workdir: str) -> dict:
     first = sharding.global_batch(next(it), mesh)
     rng = jax.device_put(jax.random.PRNGKey(config.seed), replicated)
     t0 = time.time()
-    compiled = jitted.lower(train_state, rng, first).compile()
+    compiled = jitted.lower(train_state, rng, first).compile(step_lib.compiler_options())
     report, peak, limit = accounting.memory_report(compiled, device)
     log(f"Compiled the train step in {time.time() - t0:.1f}s. Memory:\n{report}")
     if peak and limit and peak > limit:

@@ -37,8 +37,8 @@ LEVERS = {
     "frozen_f32": ("frozen weights stored float32", ["--frozen_dtype", "float32"], {}),
     "all_logits": ("logits at all 32 text positions (same loss)", ["--logits_len", "32"], {}),
     "no_donation": ("train state not donated", ["--no_donate"], {}),
-    "no_triton_gemm": ("XLA's Triton GEMMs off (cuBLAS only)", [],
-                       {"XLA_FLAGS": "--xla_gpu_enable_triton_gemm=false"}),
+    "triton_gemm": ("XLA's Triton GEMMs on (step.compiler_options turns them off)", [],
+                    {"XLA_FLAGS": "--xla_gpu_enable_triton_gemm=true"}),
 }
 FUSED_ATTENTION = ("einsum_attention", "xla_attention")
 

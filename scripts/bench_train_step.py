@@ -139,7 +139,7 @@ def main() -> None:
         donate_argnums=() if a.no_donate else (0,),
     )
     t = time.time()
-    compiled = fn.lower(state, jax.random.PRNGKey(0), batch).compile()
+    compiled = fn.lower(state, jax.random.PRNGKey(0), batch).compile(step_lib.compiler_options())
     report, _, _ = accounting.memory_report(compiled, jax.devices()[0])
     print(f"compile {time.time() - t:.1f}s\n{report}")
     key = jax.random.PRNGKey(0)
