@@ -44,6 +44,17 @@ def test_frozen_bitwise_unchanged_trainable_changed():
     assert set(m) >= {"training_loss", "l2_grads", "l2_params", "l2_updates", "lr"}
 
 
+def test_norm_measurements_match_the_returned_state():
+    _, opt, state, fn = _setup("attn")
+    before = {k: np.asarray(v) for k, v in optim.flatten(state["params"]).items()}
+    state, m = fn(state, jax.random.PRNGKey(0), tiny_setup.batch())
+    after = optim.flatten(state["params"])
+    norm = lambda xs: np.sqrt(sum(np.sum(np.square(np.asarray(x, np.float64))) for x in xs))
+    np.testing.assert_allclose(m["l2_params"], norm(after[k] for k in opt.trainable), rtol=1e-5)
+    step = [np.asarray(after[k], np.float64) - before[k] for k in opt.trainable]
+    np.testing.assert_allclose(m["l2_updates"], norm(step), rtol=1e-4)
+
+
 def test_loss_falls_on_a_fixed_batch():
     _, _, state, fn = _setup("full", lr=3e-3)
     b = tiny_setup.batch()
@@ -111,3 +122,16 @@ def test_fp16_overflow_skips_the_update_and_halves_the_scale():
     after = optim.split(state["params"], opt.trainable)[0]
     for k in opt.trainable:
         np.testing.assert_array_equal(np.asarray(after[k]), before[k])
+
+
+def test_compiler_options_turn_triton_gemms_off_on_gpu_only(monkeypatch):
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+    assert step_lib.compiler_options() == {}
+    monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
+    assert step_lib.compiler_options() == {}
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert step_lib.compiler_options() == {"xla_gpu_enable_triton_gemm": False}
+    # A user's own setting of the option wins.
+    monkeypatch.setenv("XLA_FLAGS", "--xla_gpu_enable_triton_gemm=true")
+    assert step_lib.compiler_options() == {}
