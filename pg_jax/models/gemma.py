@@ -206,8 +206,8 @@ def gelu_gated(gate: jax.Array, up: jax.Array) -> jax.Array:
 
     Autodiff saved more than gate and up for each MLP layer's backward; this one saves only
     those two (in their dtype) and writes both gradients from one elementwise pass, computed in
-    float32. At PaliGemma 1 3B 224/32 on an H100: peak
-    memory 28.0 -> 22.9 GiB and 184.2 -> 185.3 examples/s (scripts/bench_train_step.py).
+    float32. At PaliGemma 1 3B 224/32 on an H100: peak memory 28.0 -> 22.9 GiB and 184.2 ->
+    185.3 examples/s (scripts/bench_train_step.py).
     """
     return nn.gelu(gate, approximate=True) * up
 
