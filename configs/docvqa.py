@@ -42,6 +42,22 @@ import ml_collections
 
 from configs.common import parse_arg
 
+# The structural arguments (``configs/docvqa.py:key=value,...``) and their defaults.
+CONFIG_ARGS = dict(
+    res=0,
+    variant="tiny_pg1",
+    ckpt="",
+    tokenizer="",
+    data="",
+    cache_dir="",
+    eval_data="",
+    freeze="attn",
+    mode="full",
+    text_len=0,
+    dtype="auto",
+    sharding="replicate",
+)
+
 # Embedded-default settings: tuned to learn visibly in a few minutes on a 2-core CPU.
 DEMO_RES = 112
 DEMO_TEXT_LEN = 16
@@ -131,21 +147,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     Returns:
       The ConfigDict read by ``pg_jax.train``.
     """
-    c = parse_arg(
-        arg,
-        res=0,
-        variant="tiny_pg1",
-        ckpt="",
-        tokenizer="",
-        data="",
-        cache_dir="",
-        eval_data="",
-        freeze="attn",
-        mode="full",
-        text_len=0,
-        dtype="auto",
-        sharding="replicate",
-    )
+    c = parse_arg(arg, **CONFIG_ARGS)
     if c.mode not in ("full", "runlocal"):
         raise ValueError(f"mode={c.mode!r}: expected full or runlocal")
     if c.sharding not in ("replicate", "fsdp"):
@@ -155,7 +157,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.text_len = c.text_len or (DEMO_TEXT_LEN if c.demo else 32)
 
     cfg = ml_collections.ConfigDict()
-    cfg.arg = c
+    # The structural arguments (c) are not kept as leaves: changing one must rebuild the
+    # config (configs/docvqa.py:freeze=full), and a leaf that changed nothing would be a trap.
     cfg.seed = 0
     cfg.demo = c.demo
 
@@ -178,17 +181,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     cfg.synthetic = "demo"  # difficulty of the generated set when no data is given
     cfg.loss_len = 4 if c.demo else 16  # answer tokens scored per example (logits only there)
 
-    # Durations: exactly one of total_steps / total_epochs.
+    # Durations: total_steps, when set, wins over total_epochs (``--config.total_steps=N``).
+    # Typed placeholders, so that an unset one can still be set from the command line.
     random_data = c.data == "random"
-    cfg.total_steps = (
-        2 if c.mode == "runlocal" else (DEMO_FINETUNE_STEPS if c.demo else (
-            100 if random_data else None))
-    )
-    cfg.total_epochs = None if (c.demo or c.mode == "runlocal" or random_data) else 3.0
+    steps = 2 if c.mode == "runlocal" else (
+        DEMO_FINETUNE_STEPS if c.demo else (100 if random_data else None))
+    cfg.total_steps = ml_collections.config_dict.placeholder(int)
+    cfg.total_steps = steps
+    cfg.total_epochs = ml_collections.config_dict.placeholder(float)
+    cfg.total_epochs = None if steps else 3.0
     cfg.grad_accum_steps = 1
 
     # Optimizer (big_vision DocVQA: Adam b2=0.999, lr 1e-5, cosine, 5% warm-up, clip 1, wd 1e-6).
-    cfg.freeze = c.freeze
     cfg.schedule = _schedule(c.freeze, {"decay_type": "cosine", "warmup_percent": 0.05})
     cfg.optax_name = "adam"
     cfg.optax = {"b2": 0.999}
@@ -222,7 +226,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if c.demo:
         pre = ml_collections.ConfigDict(cfg.to_dict())
         pre.pretrain = None
-        pre.freeze = "full"
         pre.demo = False  # no banner, no before/after table for the first stage
         pre.schedule = _schedule("full", {"decay_type": "cosine", "warmup_percent": 0.04})
         pre.total_steps = 2 if c.mode == "runlocal" else DEMO_PRETRAIN_STEPS

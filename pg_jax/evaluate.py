@@ -20,13 +20,13 @@ answers first) and ``{prefix}_metrics.json``, where prefix is e.g. ``docvqa_val`
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
 import time
 from collections.abc import Sequence
 
+from pg_jax import config_cli
 from pg_jax.evaluators import common
 
 
@@ -64,21 +64,6 @@ def data_spec(path: str | None, split: str, limit: int | None = None) -> dict:
     return {"name": "docvqa_json", "path": path, "split": split, "limit": limit}
 
 
-def load_config(spec: str):
-    """``path/to/config.py[:arg]`` -> ``get_config(arg)``, as ml_collections' config flag does."""
-    path, _, arg = spec.partition(":")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"config file {path} does not exist")
-    # Configs import siblings as ``configs.common``: put the directory above configs/ on the path.
-    root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
-    if root not in sys.path:
-        sys.path.insert(0, root)
-    module_spec = importlib.util.spec_from_file_location("_pg_jax_eval_config", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(arg or None)
-
-
 def evals_from_config(config, split: str | None, limit: int | None) -> dict[str, dict]:
     """The config's vqa evals (optionally only those of ``split``), data placeholders resolved."""
     chosen = {}
@@ -110,6 +95,21 @@ def evals_from_config(config, split: str | None, limit: int | None) -> dict[str,
             f"the config has no evals of type 'vqa'{f' for split {split}' * bool(split)}"
         )
     return chosen
+
+
+def check_writable(workdir: str) -> None:
+    """Creates `workdir` and writes a probe file in it; a clear error if either fails."""
+    import tempfile
+
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write_check"):
+            pass
+    except OSError as e:
+        raise ValueError(
+            f"cannot write the outputs to --workdir {workdir} ({e.strerror or e}); pass a "
+            "writable directory (the checkpoint may stay where it is: --ckpt PATH)"
+        ) from None
 
 
 def resolve_ckpt(ckpt: str | None, workdir: str) -> str:
@@ -180,10 +180,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Runs the CLI; returns the exit status (2 with a message on bad arguments)."""
     a = _parser().parse_args(argv)
     try:
+        check_writable(a.workdir)  # before decoding anything: the outputs must be writable
         ckpt = resolve_ckpt(a.ckpt, a.workdir)
         tokenizer = a.tokenizer
         if a.config:
-            config = load_config(a.config)
+            config = config_cli.load_config(a.config)
             evals = evals_from_config(config, a.split, a.limit)
             tokenizer = tokenizer or (config.tokenizer if "tokenizer" in config else None) or None
         else:
@@ -224,14 +225,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     for prefix, (evaluator, _) in built.items():
         t0 = time.time()
         metrics = dict(evaluator.run(params))
-        stem = common.metric_file_stem(prefix)
-        with open(os.path.join(a.workdir, f"{stem}_metrics.json"), "w") as f:
-            json.dump({"ckpt": os.path.abspath(ckpt), **metrics}, f, indent=1)
-        print(f"\n{prefix}  ({ckpt}, {time.time() - t0:.1f}s)")
+        print(f"\n{prefix}  ({ckpt}, {time.time() - t0:.1f}s)")  # the numbers first, then files
         for name, value in metrics.items():
             print(f"  {name[len(prefix) + 1 :]:<24} {value:.4f}" if isinstance(value, float)
                   else f"  {name[len(prefix) + 1 :]:<24} {value}")  # fmt: skip
-        for kind, path in evaluator.outputs.items():
+        stem = common.metric_file_stem(prefix)
+        metrics_path = os.path.join(a.workdir, f"{stem}_metrics.json")
+        with open(metrics_path, "w") as f:
+            json.dump({"ckpt": os.path.abspath(ckpt), **metrics}, f, indent=1)
+        for kind, path in {**evaluator.outputs, "metrics": metrics_path}.items():
             print(f"  {kind:<24} {path}")
     return 0
 

@@ -36,7 +36,15 @@ class MetricWriter:
         # Kept open for the whole run (closed in close()), appending so a resume continues them.
         self._jsonl = self._logf = None
         if self.main:
-            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")  # noqa: SIM115
+            jsonl = os.path.join(workdir, "metrics.jsonl")
+            if os.path.exists(jsonl):
+                # Steps after the resumed checkpoint were computed by the interrupted process
+                # and will be computed again: drop them so that no step appears twice.
+                kept = [r for r in read_jsonl(jsonl) if r["step"] <= start_step]
+                with open(f"{jsonl}.tmp", "w") as f:
+                    f.writelines(json.dumps(r) + "\n" for r in kept)
+                os.replace(f"{jsonl}.tmp", jsonl)
+            self._jsonl = open(jsonl, "a")  # noqa: SIM115
             self._logf = open(os.path.join(workdir, "train.log"), "a")  # noqa: SIM115
         # The bar starts with the first step, after the start-up log.
         self._bar, self._bar_args = (
@@ -120,7 +128,7 @@ class MetricWriter:
 
 
 def read_jsonl(path: str) -> list[dict]:
-    """All records of a metrics.jsonl (a resumed run may repeat steps; the last one wins)."""
+    """All records of a metrics.jsonl, in the order written."""
     if not os.path.exists(path):
         return []
     with open(path) as f:

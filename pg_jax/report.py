@@ -124,6 +124,9 @@ def _row(rank: int, rec: Mapping, thumbnails: Mapping[int, bytes]) -> str:
         if pred
         else '<span class="empty">(empty)</span>'
     )
+    if rec.get("skipped"):  # the reader could not use this question (e.g. a corrupt page)
+        pred_html = f'<span class="empty">(skipped: {html.escape(rec["skipped"])})</span>'
+    thumb_html = thumb_html or ('<span class="empty">(no page)</span>' if rec.get("skipped") else "")
     gts = "".join(f'<span class="gt">{html.escape(a)}</span>' for a in rec.get("answers") or [])
     types = ", ".join(rec.get("question_types") or [])
     if "anls" in rec:

@@ -1,11 +1,17 @@
 r"""Fine-tunes PaliGemma: ``python -m pg_jax.train --config configs/docvqa.py --workdir DIR``.
 
-Wiring only (STYLE.md section 1): the loss and update are in `pg_jax.step`, the optimizer in
+Wiring only: the loss and update are in `pg_jax.step`, the optimizer in
 `pg_jax.optim`, sharding in `pg_jax.sharding`, checkpoints in `pg_jax.checkpoint`. `main` reads
 the absl flags and calls `train(config, workdir)`, which reads top to bottom:
 
   pretrain stage -> workdir -> mesh -> model & params -> optimizer -> data -> compile ->
   resume -> evaluators -> train loop -> final export.
+
+Exit status: 0 when the run is complete (a rerun of a complete run does nothing and exits 0);
+2 for a config, data or checkpoint error, printed as one line; 3 when a loss or norm is not
+finite; 130 (SIGINT, Ctrl-C) or 143 (SIGTERM) when stopped by a signal, after saving a
+checkpoint of the step in flight: rerun the same command to resume. A second Ctrl-C exits at
+once. So ``train && evaluate`` never evaluates an unfinished run.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ import functools
 import json
 import math
 import os
+import signal
+import sys
 import time
 
 import jax
@@ -27,12 +35,17 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from pg_jax import accounting, checkpoint, metrics, optim, sharding
+from pg_jax import accounting, checkpoint, config_cli, metrics, optim, sharding
 from pg_jax import step as step_lib
 from pg_jax.evaluators import common as evaluators
 from pg_jax.models import exporter, loader, paligemma, variants
 from pg_jax.pp.tokenizer import Tokenizer, get_default_tokenizer_path
 
+# Exit status (besides 0, done): 2 a config, data or checkpoint error (one line says which);
+# 3 a non-finite loss or norm (the step is named; checkpoints up to the last good step stay);
+# 130 / 143 stopped by SIGINT (Ctrl-C) / SIGTERM after saving a checkpoint (rerun to resume).
+EXIT_NON_FINITE = 3
+EXIT_SIGINT = 128 + signal.SIGINT
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and exports go.")
 
@@ -71,11 +84,14 @@ def prepared_training_data(spec: dict, config) -> dict:
 
 
 def total_steps(config, num_examples: int) -> int:
-    """Exactly one of config.total_steps / total_epochs, converted to steps."""
-    if (config.total_steps is None) == (config.total_epochs is None):
-        raise ValueError("set exactly one of config.total_steps and config.total_epochs")
+    """The run's length: config.total_steps if set (it wins over total_epochs, so that
+    ``--config.total_steps=N`` works on any config), else total_epochs converted to steps."""
     if config.total_steps is not None:
+        if config.total_steps < 1:
+            raise ValueError(f"config.total_steps={config.total_steps}: expected at least 1")
         return int(config.total_steps)
+    if config.total_epochs is None or config.total_epochs <= 0:
+        raise ValueError("set config.total_steps or config.total_epochs (a positive number)")
     return max(1, math.ceil(config.total_epochs * num_examples / config.input.batch_size))
 
 
@@ -263,13 +279,25 @@ def train(config, workdir: str) -> dict:
     # Resume: the newest committed checkpoint of this workdir, if any.
     # ------------------------------------------------------------------------------------------
     ckpt = checkpoint.Checkpointer(workdir, every_steps=config.ckpt_steps, keep=config.keep_ckpts)
+    run_info = checkpoint.run_fingerprint(flat_shapes, opt.trainable, use_loss_scale)
+    summary_path = os.path.join(workdir, "summary.json")
+    finished = _read_summary(summary_path).get("after", {})
+    if finished.get("steps") == steps_total and ckpt.latest_step() == steps_total:
+        print(f"{workdir} holds a finished run of {steps_total} steps (summary.json); nothing "
+              "to do. Use a new --workdir to train again.", flush=True)
+        ckpt.close()
+        return finished
     start_step, iter_state = 0, None
-    latest = ckpt.latest_step()
-    if latest is not None:
-        target = checkpoint.abstract(checkpoint.savable(train_state, opt.trainable))
-        saved, data_state = ckpt.restore(latest, target)
+    restored = ckpt.restore_latest(
+        checkpoint.abstract(checkpoint.savable(train_state, opt.trainable)), run_info,
+        log=lambda line: print(line, flush=True) if jax.process_index() == 0 else None,
+    )
+    latest = None
+    if restored is not None:
+        saved, data_state = restored
         train_state = checkpoint.restore_into(train_state, saved, opt.trainable)
         start_step, iter_state = data_state["step"], data_state["iterator"]
+        latest = start_step
 
     writer = metrics.MetricWriter(
         workdir,
@@ -358,21 +386,22 @@ def train(config, workdir: str) -> dict:
             log(f"[eval step {step}] {shown} ({time.time() - t:.1f}s)")
         return ran
 
+    # The "before" metrics outlive an interruption: written once, read back on resume.
+    results_before = _read_summary(summary_path).get("before", {}) if start_step else {}
     if start_step == 0 and config.eval_at_start:
         run_evals(0, lambda every: True)
         results_before = dict(results)
-    else:
-        results_before = {}
+        _write_summary(summary_path, results_before, {})
 
     # ------------------------------------------------------------------------------------------
     # Train loop: one jitted step per batch; the host checks finiteness and writes metrics.
     # ------------------------------------------------------------------------------------------
-    preempt = checkpoint.Preemption()
+    preempt = checkpoint.Preemption()  # SIGTERM / Ctrl-C: save, then return (see below)
 
     def save_checkpoint(step: int, data_state: dict, force: bool = False) -> None:
         """Saves what a resume needs: trainable params, optimizer state, step, data position."""
         ckpt.save(step, checkpoint.savable(train_state, opt.trainable),
-                  {"step": step, "iterator": data_state}, force=force)
+                  {"step": step, "iterator": data_state, "run": run_info}, force=force)
 
     batch, t_log, n_log, step = first, time.time(), 0, start_step
     data_state = it.state()  # the position after `batch`: where a resume continues
@@ -413,17 +442,21 @@ def train(config, workdir: str) -> dict:
                     )
                 t_log, n_log = time.time(), 0
             save_checkpoint(step, data_state)  # when due (every ckpt_steps)
-            if preempt.requested:  # checked after the save: the signal may arrive during it
-                save_checkpoint(step, data_state, force=True)  # no-op if this step was just saved
-                ckpt.wait()
-                log(
-                    f"Preempted: saved step {step} to {workdir}/ckpt; rerun the same command "
-                    "to resume."
-                )
-                return {"preempted_at": step}
-            if step < steps_total:
+            if step < steps_total and not preempt.requested:
                 if run_evals(step, lambda every, s=step: every and s % every == 0):
                     t_log, n_log = time.time(), 0  # keep eval time out of examples/s
+            if preempt.requested:  # checked after the save and evals: either may take a while
+                save_checkpoint(step, data_state, force=True)  # no-op if this step was just saved
+                ckpt.wait()
+                writer.end_progress()
+                log(
+                    f"Stopped by {signal.Signals(preempt.signum).name} at step {step}/"
+                    f"{steps_total}: saved {workdir}/ckpt/{step}. Rerun the same command to "
+                    f"resume (exit code {preempt.exit_code})."
+                )
+                ckpt.close()
+                writer.close()
+                return {"preempted_at": step, "exit_code": preempt.exit_code}
     finally:
         preempt.restore_handler()
         writer.end_progress()
@@ -468,10 +501,26 @@ def train(config, workdir: str) -> dict:
     _print_summary(log, results_before, results, summary, evals)
     if config.pretrain is not None:
         _print_demo_recap(log, os.path.join(workdir, "pretrain", "summary.json"), summary)
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
-        json.dump({"before": results_before, "after": summary}, f, indent=1)
+    _write_summary(summary_path, results_before, summary)
     writer.close()
     return summary
+
+
+def _read_summary(path: str) -> dict:
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def _write_summary(path: str, before: dict, after: dict) -> None:
+    """summary.json: {"before": step-0 evals, "after": final evals and run statistics}."""
+    if jax.process_index() != 0:
+        return
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump({"before": before, "after": after}, f, indent=1)
+    os.replace(tmp, path)  # atomic: an interrupted write never leaves half a summary
 
 
 def _check_finite(step: int, m: dict, ckpt: checkpoint.Checkpointer, workdir: str) -> None:
@@ -520,13 +569,25 @@ def _print_demo_recap(log, pretrain_summary: str, final: dict) -> None:
 
 
 def main(argv) -> None:
+    """Runs `train` and exits with the status documented in the module docstring."""
     del argv
     if not flags.FLAGS["verbosity"].present:  # orbax and XLA log every save at INFO
         logging.set_verbosity(logging.WARNING)
-    sharding.initialize_distributed()  # before anything touches the devices
-    train(_CONFIG.value, _WORKDIR.value)
+    try:
+        sharding.initialize_distributed()  # before anything touches the devices
+        result = train(_CONFIG.value, _WORKDIR.value)
+    except KeyboardInterrupt:  # Ctrl-C before the first step: nothing to save yet
+        print("\nInterrupted before training started; nothing was saved.", file=sys.stderr)
+        sys.exit(EXIT_SIGINT)
+    except FloatingPointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(EXIT_NON_FINITE)
+    except (ValueError, FileNotFoundError) as e:  # bad config, data or checkpoint: say which
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(config_cli.USAGE_ERROR)
+    sys.exit(result.get("exit_code", 0))
 
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+    app.run(main, flags_parser=config_cli.parse_flags)

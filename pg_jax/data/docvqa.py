@@ -62,16 +62,31 @@ class Example:
 
 
 class Skips:
-    """Skip counter: reason -> count, plus the first few record ids per reason."""
+    """Skip counter: reason -> count, the first few record ids per reason, and every skipped
+    question (an evaluator must still answer each questionId of a split)."""
 
     def __init__(self):
         self.counts: collections.Counter = collections.Counter()
         self.first: dict[str, list[str]] = collections.defaultdict(list)
+        # {"questionId", "question", "answers", "question_types", "reason"} per skipped record.
+        self.questions: list[dict] = []
 
-    def add(self, reason: str, what: str) -> None:
+    def add(self, reason: str, what: str, record: dict | Example | None = None) -> None:
         self.counts[reason] += 1
         if len(self.first[reason]) < _FIRST_NAMED:
             self.first[reason].append(what)
+        if isinstance(record, Example):
+            record = {"questionId": record.question_id, "question": record.question,
+                      "answers": record.answers, "question_types": record.question_types}
+        if record is not None:
+            qid = record.get("questionId")
+            self.questions.append({
+                "questionId": int(qid) if str(qid).lstrip("-").isdigit() else qid,
+                "question": str(record.get("question") or ""),
+                "answers": [str(a) for a in (record.get("answers") or [])],
+                "question_types": [str(t) for t in (record.get("question_types") or [])],
+                "reason": reason,
+            })
 
     def as_dict(self) -> dict:
         return {r: {"count": n, "first": self.first[r]} for r, n in sorted(self.counts.items())}
@@ -96,10 +111,10 @@ def image_ok(data: bytes) -> bool:
 def _check_text(rec: dict, split: str, skips: Skips) -> bool:
     qid = rec.get("questionId")
     if not str(rec.get("question") or "").strip():
-        skips.add("empty_question", f"questionId={qid}")
+        skips.add("empty_question", f"questionId={qid}", rec)
         return False
     if split != "test" and not [a for a in (rec.get("answers") or []) if str(a).strip()]:
-        skips.add("no_answers", f"questionId={qid}")
+        skips.add("no_answers", f"questionId={qid}", rec)
         return False
     return True
 
@@ -126,6 +141,7 @@ class _Reader:
     split: str
     skips: Skips
     num_read: int
+    whole_split: bool
     _selected: list[Example]
 
     @property
@@ -147,6 +163,9 @@ class _Reader:
         sample_seed,
         question_types: Sequence[str] | None,
     ) -> list[Example]:
+        # Whether every readable record of the split is selected: then the records skipped
+        # while reading belong to the selection too (an evaluator scores them 0).
+        self.whole_split = not question_types and limit is None and fraction is None
         if question_types:
             wanted = set(question_types)
             candidates = [e for e in candidates if wanted & set(e.question_types)]
@@ -165,7 +184,7 @@ class _Reader:
                     continue
                 # Bad images must not reach tf's decoder, which would stop the whole pipeline.
                 if not image_ok(ex.image):
-                    self.skips.add("undecodable_image", f"questionId={ex.question_id}")
+                    self.skips.add("undecodable_image", f"questionId={ex.question_id}", ex)
                     continue
                 yield {
                     "question_id": ex.question_id,
@@ -260,7 +279,7 @@ class HFParquetDocVQA(_Reader):
                 for offset, ex in todo[g]:
                     img = images[offset].as_py() or {}
                     if not img.get("bytes"):
-                        self.skips.add("missing_image", f"questionId={ex.question_id}")
+                        self.skips.add("missing_image", f"questionId={ex.question_id}", ex)
                         continue
                     ex.image = img["bytes"]
                     yield ex
@@ -322,7 +341,9 @@ class JsonDocVQA(_Reader):
         for ex in self._selected:
             p = os.path.join(self.root, ex.image_key)
             if not os.path.isfile(p):
-                self.skips.add("missing_image", f"questionId={ex.question_id} ({ex.image_key})")
+                self.skips.add(
+                    "missing_image", f"questionId={ex.question_id} ({ex.image_key})", ex
+                )
                 continue
             with open(p, "rb") as f:
                 ex.image = f.read()

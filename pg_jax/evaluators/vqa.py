@@ -10,11 +10,16 @@ Config entry (see ``pg_jax.evaluators.common``)::
         report=False,             # also write an HTML report (pg_jax.report)
     )
 
-``run(params)`` yields ``("docvqa/val/anls", x)``, ``.../anls_big_vision``, ``.../exact_match``,
-``.../anls/<question type>``, ``.../num`` and ``.../examples_per_sec``, and writes
+``run(params)`` yields ``("docvqa/val/anls", x)`` (over every question of the selection, those
+the reader skipped scoring 0), ``.../anls_scored`` (over the decoded ones only, as are
+``.../anls_big_vision``, ``.../exact_match`` and ``.../anls/<question type>``), ``.../num``,
+``.../num_skipped`` (and ``.../num_skipped/<reason>``), ``.../num_truncated`` and
+``.../examples_per_sec``, and writes
 ``{workdir}/docvqa_val.json``: one record per question (``questionId``, ``answer``, ``answers``,
-``anls``, ``question``, ``question_types``). For a split without answers (DocVQA test) nothing is
-scored and the file is the evaluation server's ``[{"questionId": int, "answer": str}]``.
+``anls``, ``question``, ``question_types``; ``skipped``: the reason, for a question the reader
+could not use, answered ""). For a split without answers (DocVQA test) nothing is scored and the
+file is the evaluation server's ``[{"questionId": int, "answer": str}]``, holding every
+questionId of the split (skipped ones with an empty answer, and a warning is printed).
 
 Multi-host: each host decodes its shard of the split; the metrics are sums of per-host
 statistics divided once at the end (a mean of host means would weight hosts, not questions), and
@@ -50,6 +55,8 @@ DOCVQA_TYPES = (
     "Image/Photo", "Yes/No",
 )  # fmt: skip
 MAX_ANSWERS = 16  # Padded answers per question (DocVQA has at most ~10).
+# Why a reader skips a question (pg_jax.data.docvqa); a fixed order for the cross-host sum.
+SKIP_REASONS = ("empty_question", "no_answers", "missing_image", "undecodable_image")
 MAX_TYPES = 8
 
 
@@ -158,6 +165,12 @@ class Evaluator:
         self.tok = Tokenizer(tokenizer)
         common.check_tokenizer(self.tok, model, what="the model")
         self.source = core.get(data["name"], **{k: v for k, v in data.items() if k != "name"})
+        skips = getattr(self.source, "skips", None)  # a prepared cache has none left to skip
+        # Questions skipped while reading the metadata (empty question, no answers): the same
+        # on every host. They are answered "" and scored 0 when the whole split is evaluated.
+        self._read_skips = list(skips.questions) if skips is not None else []
+        self._read_skips_counted = bool(getattr(self.source, "whole_split", False))
+        self._noted = False
         self.res = res or model.img["image_size"]
         self.pp = pp_vqa_eval(self.res, text_len, prompt, tokenizer)
         self.batch_size = batch_size
@@ -205,6 +218,8 @@ class Evaluator:
         show = show and jax.process_index() == 0
         records, thumbs, totals = [], {}, anls_lib.Totals()
         num_truncated = 0
+        skips = getattr(self.source, "skips", None)
+        first_new_skip = len(skips.questions) if skips is not None else 0
         for batch in tqdm(self._batches(), total=total, desc=self.prefix, disable=not show):
             tokens = np.asarray(jax.device_get(self.predict(params, batch, **self.pred_kw)))
             for i in np.flatnonzero(batch["_mask"]):
@@ -225,25 +240,69 @@ class Evaluator:
                 if self.report and self.workdir:
                     thumbs[qid] = thumbnail_png(batch["image"][i])
         seconds = time.perf_counter() - t0
+        # This host's questions skipped while reading its pages, then (host 0) the metadata ones.
+        skipped = skips.questions[first_new_skip:] if skips is not None else []
+        if self._read_skips_counted and jax.process_index() == 0:
+            skipped = skipped + self._read_skips
+        for q in skipped:
+            rec = {"questionId": q["questionId"], "answer": "", "question": q["question"],
+                   "answers": q["answers"], "question_types": q["question_types"],
+                   "skipped": q["reason"]}
+            if q["answers"]:
+                rec["anls"] = 0.0
+            records.append(rec)
+        skip_counts = [sum(q["reason"] == r for q in skipped) for r in SKIP_REASONS]
+        skip_counts.append(len(skipped) - sum(skip_counts))  # other reasons
+        scoreable_skips = sum(bool(q["answers"]) for q in skipped)
 
         types = (
             sorted(set(DOCVQA_TYPES) | set(totals.by_type))
             if jax.process_count() == 1
             else DOCVQA_TYPES
         )  # Other hosts may know other types; sum a fixed vector.
-        summed = process_sum(
-            np.concatenate([totals.as_array(types), [len(records), num_truncated]])
-        )
-        totals = anls_lib.Totals.from_array(summed[:-2], types)
-        num, num_truncated = int(summed[-2]), int(summed[-1])
+        tail = [len(records) - len(skipped), num_truncated, scoreable_skips, *skip_counts]
+        summed = process_sum(np.concatenate([totals.as_array(types), tail]))
+        n_tail = len(tail)
+        totals = anls_lib.Totals.from_array(summed[:-n_tail], types)
+        num, num_truncated, scoreable_skips = (int(v) for v in summed[-n_tail:][:3])
+        skip_counts = dict(zip((*SKIP_REASONS, "other"), (int(v) for v in summed[-n_tail:][3:])))
         metrics = totals.metrics() if totals.count else {}
+        if totals.count:
+            # "anls" counts every question of the selection, skipped ones scoring 0;
+            # "anls_scored" only those decoded (the per-type breakdown and exact match too).
+            metrics["anls_scored"] = metrics["anls"]
+            metrics["anls"] = totals.anls / (totals.count + scoreable_skips)
         metrics.update(num=num, num_truncated=num_truncated, examples_per_sec=num / seconds)
+        metrics["num_skipped"] = sum(skip_counts.values())
+        metrics.update({f"num_skipped/{r}": n for r, n in skip_counts.items() if n})
+        self._say_skipped(skip_counts, skipped)
         if self.baseline_data is not None and totals.count:
             metrics.update(self._baseline(records))
         self.records = records
         self._write(records, thumbs, metrics, scored=totals.count > 0)
         for name, value in metrics.items():
             yield f"{self.prefix}/{name}", value
+
+    def _say_skipped(self, counts: dict[str, int], skipped: list[dict]) -> None:
+        """One warning line naming the skipped questions by reason (host 0)."""
+        if jax.process_index() != 0:
+            return
+        parts = []
+        for reason, n in counts.items():
+            if n:
+                ids = [str(q["questionId"]) for q in skipped if q["reason"] == reason][:5]
+                parts.append(f"{reason} {n}" + (f" (questionId {', '.join(ids)}"
+                                                 f"{', ...' if n > len(ids) else ''})" if ids else ""))
+        if parts:
+            print(f"WARNING {self.prefix}: skipped {sum(counts.values())} question(s): "
+                  f"{'; '.join(parts)}. They are answered \"\" in the predictions file and score "
+                  "0 in anls (anls_scored leaves them out).", flush=True)
+        if self._read_skips and not self._read_skips_counted and not self._noted:
+            self._noted = True
+            n = len(self._read_skips)
+            print(f"note {self.prefix}: {n} question(s) of the split were skipped while reading "
+                  "it (empty question or no answers); with a selection (limit, fraction, "
+                  "question types) they are not part of it.", flush=True)
 
     def _baseline(self, records: list[dict]) -> dict[str, float]:
         """ANLS of always answering the most common training answer (computed once)."""
