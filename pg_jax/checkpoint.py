@@ -201,7 +201,7 @@ def check_same_run(saved: dict, current: dict, where: str) -> None:
     differ = sorted(k for k in set(s_shapes) | set(c_shapes) if s_shapes.get(k) != c_shapes.get(k))
     if differ:
         k = differ[0]
-        if k.startswith("img/pos_embedding") or k.startswith("img/embedding"):
+        if k.startswith(("img/pos_embedding", "img/embedding")):
             key = "the image resolution (config argument res=, config.input.res)"
         elif k.startswith("llm/embedder"):
             key = "the vocabulary (config.tokenizer / the model's vocab_size)"

@@ -30,12 +30,12 @@ import jax
 # Random numbers independent of the sharding: same init on 1 or 8 devices, no resharding.
 jax.config.update("jax_threefry_partitionable", True)
 
-import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from pg_jax import accounting, checkpoint, config_cli, metrics, optim, sharding
+from pg_jax import accounting, checkpoint, config_cli, fit, metrics, optim, sharding
+from pg_jax import state as state_lib
 from pg_jax import step as step_lib
 from pg_jax.evaluators import common as evaluators
 from pg_jax.models import exporter, loader, paligemma, variants
@@ -48,6 +48,9 @@ EXIT_NON_FINITE = 3
 EXIT_SIGINT = 128 + signal.SIGINT
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and exports go.")
+_DRY_RUN = flags.DEFINE_bool(
+    "dry_run", False, "Compile the train step, print whether it fits the device's memory (and "
+    "what would fit if not), then exit without training.")
 
 DEMO_BANNER = """\
 No checkpoint and no data configured: running the EMBEDDED DEFAULT.
@@ -119,12 +122,13 @@ def unroll_llm_layers(config) -> bool:
     return choice == "true"
 
 
-def train(config, workdir: str) -> dict:
+def train(config, workdir: str, *, dry_run: bool = False) -> dict:
     """Runs (or resumes) one training run.
 
     Args:
       config: a ConfigDict from configs/*.py.
       workdir: the run's directory (created).
+      dry_run: stop after compiling the step and printing the fit check (nothing is trained).
 
     Returns:
       The final evaluation results and run statistics, {name: value}.
@@ -195,8 +199,6 @@ def train(config, workdir: str) -> dict:
         model_cfg["llm"]["scan_unroll"] = model_cfg["llm"]["depth"]
     model = paligemma.Model(**model_cfg)
 
-    # Shapes first (no memory), then dtypes: trainable masters f32, frozen ones in frozen_dtype.
-    flat_shapes = loader.param_shapes(model)
     # ------------------------------------------------------------------------------------------
     # Data: a per-process iterator of numpy batches, restorable from a position.
     # ------------------------------------------------------------------------------------------
@@ -226,54 +228,11 @@ def train(config, workdir: str) -> dict:
             input_pipeline.make_iterator, source, pp, shuffle_buffer=config.input.shuffle_buffer
         )
     steps_total = total_steps(config, source.num_examples)
-    opt = optim.make(config, optim.unflatten(flat_shapes), steps_total)
-    trainable = set(opt.trainable)
-    flat_shapes = {
-        k: jax.ShapeDtypeStruct(v.shape, jnp.float32 if k in trainable else jnp.dtype(frozen_dtype))
-        for k, v in flat_shapes.items()
-    }
-    param_shardings = sharding.infer_sharding(flat_shapes, config.sharding_strategy, mesh)
-
-    # Load or initialise straight into the target shardings; then cast leaf by leaf.
-    if init_path:
-        _, params = loader.load(
-            init_path, model_cfg=model_cfg, shardings=lambda k, s: param_shardings[k]
-        )
-    else:
-        res = config.input.res
-        dummy = (
-            jnp.zeros((1, res, res, 3)),
-            jnp.zeros((1, 2), jnp.int32),
-            jnp.zeros((1, 2), jnp.int32),
-        )
-        init = jax.jit(
-            lambda r: model.init(r, *dummy)["params"],
-            out_shardings=optim.unflatten(param_shardings),
-        )
-        params = init(jax.random.PRNGKey(config.seed))
-    flat = optim.flatten(params)
-    del params
-    flat = {
-        k: v if v.dtype == flat_shapes[k].dtype else v.astype(flat_shapes[k].dtype)
-        for k, v in flat.items()
-    }
-    params = optim.unflatten(flat)
-
-    # Optimizer state only for trainable leaves, created sharded (jit with out_shardings).
-    tr_shapes = {k: flat_shapes[k] for k in opt.trainable}
-    opt_shapes = jax.eval_shape(opt.tx.init, tr_shapes)
-    opt_shardings = sharding.infer_sharding(opt_shapes, config.sharding_strategy, mesh)
-    opt_state = jax.jit(opt.tx.init, out_shardings=opt_shardings)(
-        {k: flat[k] for k in opt.trainable}
-    )
-    del flat
-    train_state = {"params": params, "opt": opt_state}
-    if use_loss_scale:
-        train_state["loss_scale"] = jax.device_put(
-            step_lib.init_loss_scale(),
-            jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()),
-        )
-    state_shardings = jax.tree_util.tree_map(lambda x: x.sharding, train_state)
+    opt = optim.make(config, optim.unflatten(loader.param_shapes(model)), steps_total)
+    # Shapes, dtypes (trainable masters f32, frozen in frozen_dtype) and shardings; no arrays.
+    state_plan = state_lib.plan(model, opt, mesh, config.sharding_strategy,
+                                frozen_dtype=frozen_dtype, loss_scale=use_loss_scale)
+    flat_shapes = state_plan.param_shapes
 
     # ------------------------------------------------------------------------------------------
     # Resume: the newest committed checkpoint of this workdir, if any.
@@ -289,13 +248,12 @@ def train(config, workdir: str) -> dict:
         return finished
     start_step, iter_state = 0, None
     restored = ckpt.restore_latest(
-        checkpoint.abstract(checkpoint.savable(train_state, opt.trainable)), run_info,
+        checkpoint.savable(state_plan.abstract, opt.trainable), run_info,
         log=lambda line: print(line, flush=True) if jax.process_index() == 0 else None,
     )
     latest = None
     if restored is not None:
         saved, data_state = restored
-        train_state = checkpoint.restore_into(train_state, saved, opt.trainable)
         start_step, iter_state = data_state["step"], data_state["iterator"]
         latest = start_step
 
@@ -319,37 +277,69 @@ def train(config, workdir: str) -> dict:
     if latest is not None:
         log(f"Resumed from {workdir}/ckpt/{latest} (step {start_step}).")
     log("Parameters:\n" + accounting.param_overview(flat_shapes, opt.trainable))
-    log("Sharded parameters:\n" + sharding.describe(param_shardings, flat_shapes))
+    log("Sharded parameters:\n" + sharding.describe(state_plan.param_shardings, flat_shapes))
 
     local_batch = config.input.batch_size // jax.process_count()
     it = make_iterator(batch_size=local_batch, seed=config.seed, state=iter_state)
 
     # ------------------------------------------------------------------------------------------
-    # Compile once: donated state, explicit output shardings; log memory before running.
+    # Compile once, from shapes: donated state, explicit output shardings. Whether the step
+    # fits the device is known here, before the weights take any memory.
     # ------------------------------------------------------------------------------------------
-    update_fn = step_lib.make_update_fn(
-        model, opt, loss_len=config.loss_len, grad_accum_steps=config.grad_accum_steps
-    )
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    jitted = jax.jit(update_fn, donate_argnums=(0,), out_shardings=(state_shardings, replicated))
     first = sharding.global_batch(next(it), mesh)
     rng = jax.device_put(jax.random.PRNGKey(config.seed), replicated)
+
+    def compile_step(remat_policy=config.remat_policy, grad_accum_steps=config.grad_accum_steps,
+                     frozen=frozen_dtype):
+        """The train step compiled for the abstract state (the run's, or one with a change)."""
+        m, plan = model, state_plan
+        if remat_policy != config.remat_policy or frozen != frozen_dtype:
+            cfg = copy.deepcopy(model_cfg)
+            for tower in ("img", "llm"):
+                cfg[tower]["remat_policy"] = remat_policy
+            cfg["llm"]["scan_unroll"] = cfg["llm"]["depth"] if remat_policy == "none" else 1
+            m = paligemma.Model(**cfg)
+            plan = state_lib.plan(m, opt, mesh, config.sharding_strategy,
+                                  frozen_dtype=frozen, loss_scale=use_loss_scale)
+        update_fn = step_lib.make_update_fn(
+            m, opt, loss_len=config.loss_len, grad_accum_steps=grad_accum_steps
+        )
+        jitted = jax.jit(update_fn, donate_argnums=(0,),
+                         out_shardings=(plan.shardings, replicated))
+        return jitted.lower(plan.abstract, rng, first).compile(step_lib.compiler_options())
+
     t0 = time.time()
-    compiled = jitted.lower(train_state, rng, first).compile(step_lib.compiler_options())
+    compiled = compile_step()
     report, peak, limit = accounting.memory_report(compiled, device)
     log(f"Compiled the train step in {time.time() - t0:.1f}s. Memory:\n{report}")
-    if peak and limit and peak > limit:
-        log(
-            f"WARNING: predicted peak {peak / 2**30:.1f} GiB > device memory "
-            f"{limit / 2**30:.1f} GiB. Knobs: --config.input.batch_size (smaller), "
-            "--config.grad_accum_steps (same effective batch, less memory), "
-            "--config.remat_policy=nothing_saveable, --config.frozen_dtype=bfloat16/float16, "
-            "dtype=bfloat16, freeze=attn; on several devices sharding=fsdp (config argument)."
-        )
+    fits, fit_report = fit.report(
+        peak, limit,
+        predict=lambda change: accounting.memory_report(compile_step(**change), device)[1],
+        changes=fit.candidates(config.remat_policy, config.grad_accum_steps, frozen_dtype,
+                               config.input.batch_size),
+    )
+    log(fit_report)
+    if dry_run or not fits:
+        ckpt.close()
+        writer.close()
+        if not fits:
+            raise ValueError(f"the train step does not fit the device ({device.device_kind}); "
+                             "see the fit check above for changes that would")
+        return {"dry_run": True, "predicted_peak_bytes": peak, "device_bytes": limit,
+                "fits": fits}
     flops_ex = accounting.train_flops_per_example(
         model_cfg, flat_shapes, opt.trainable, config.input.text_len, config.loss_len
     )
     peak_flops = accounting.peak_flops(device.device_kind)
+
+    # Now the arrays: loaded or initialised straight into their shardings, then the resumed
+    # trainable parameters and optimizer state put in.
+    train_state = state_lib.materialize(state_plan, model, init_path=init_path, seed=config.seed,
+                                        model_cfg=model_cfg)
+    if restored is not None:
+        train_state = checkpoint.restore_into(train_state, saved, opt.trainable)
+        del saved
 
     # ------------------------------------------------------------------------------------------
     # Evaluators: {prefix: (evaluator, every_steps)}; their data is read on first use.
@@ -575,7 +565,7 @@ def main(argv) -> None:
         logging.set_verbosity(logging.WARNING)
     try:
         sharding.initialize_distributed()  # before anything touches the devices
-        result = train(_CONFIG.value, _WORKDIR.value)
+        result = train(_CONFIG.value, _WORKDIR.value, dry_run=_DRY_RUN.value)
     except KeyboardInterrupt:  # Ctrl-C before the first step: nothing to save yet
         print("\nInterrupted before training started; nothing was saved.", file=sys.stderr)
         sys.exit(EXIT_SIGINT)

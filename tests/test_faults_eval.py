@@ -2,7 +2,6 @@
 an extremely long question."""
 
 import json
-import os
 
 import numpy as np
 import pytest

@@ -208,8 +208,8 @@ def test_resuming_another_model_names_what_differs():
      "error: unknown config key config.input.batchsize; nearest: config.input.batch_size"),
     ("--config.lr=fast", "error: config.lr='fast': expected float\n"),
     ("--config.total_steps=x", "error: config.total_steps='x': expected int\n"),
-    ("--config.freeze=full", "error: config.freeze is not a config key but a config argument: "
-                             "pass it after the file name, --config path/to/config.py:freeze=full"),
+    ("--config.freeze=full", ("error: config.freeze is not a config key but a config argument: "
+                              "pass it after the file name, --config path/to/config.py:freeze=full")),
 ])
 def test_config_override_errors_are_one_line(override, message, tmp_path):
     out = _run([sys.executable, "-m", "pg_jax.train", "--config",
@@ -245,3 +245,50 @@ def test_step_count_is_settable_on_configs_that_count_epochs():
     cfg.total_steps = None
     assert train.total_steps(cfg, num_examples=80) == 30  # 3 epochs of 80 at batch 8
     assert "freeze" not in cfg and "arg" not in cfg  # no leaf that would change nothing
+
+
+# ---------------------------------------------------------------------------------------------
+# The fit check before the first step.
+# ---------------------------------------------------------------------------------------------
+def test_fit_report_lists_the_changes_that_fit():
+    from pg_jax import fit
+
+    changes = fit.candidates("none", 1, "float32", batch_size=8)
+    assert changes[0] == {"remat_policy": "nothing_saveable"}
+    assert {"remat_policy": "nothing_saveable", "grad_accum_steps": 2} in changes
+    peaks = {0: 30, 1: 20, 2: 12}  # GiB by how many changes are applied
+    fits, text = fit.report(40 * 2**30, 16 * 2**30, predict=lambda c: peaks[len(c)] * 2**30,
+                            changes=changes[:2])
+    assert not fits
+    assert "predicted peak 40.00 GiB per device of 16.00 GiB -> DOES NOT FIT" in text
+    assert "--config.remat_policy=nothing_saveable: 20.00 GiB\n" in text
+    assert ("--config.remat_policy=nothing_saveable --config.grad_accum_steps=2: 12.00 GiB  "
+            "<- fits") in text
+    assert fit.report(10 * 2**30, 16 * 2**30)[0]
+
+
+def test_a_step_that_does_not_fit_stops_before_loading_weights(synth, tmp_path, monkeypatch,
+                                                                 capsys):
+    """CPU devices report no memory size: pretend one slightly smaller than the run needs."""
+    from pg_jax import accounting, state, train
+
+    real, limit = accounting.memory_report, []
+
+    def small_device(compiled, device):
+        text, peak, _ = real(compiled, device)
+        limit.append(limit[0] if limit else int(peak * 0.99))
+        return text, peak, limit[0]
+
+    materialized = []
+    monkeypatch.setattr(accounting, "memory_report", small_device)
+    monkeypatch.setattr(state, "materialize", lambda *a, **k: materialized.append(1))
+    with pytest.raises(ValueError, match="the train step does not fit the device"):
+        train.train(_tiny(synth, 2), str(tmp_path / "run"))
+    out = capsys.readouterr().out
+    assert "DOES NOT FIT" in out and "--config.remat_policy=nothing_saveable:" in out
+    assert not materialized  # no weights were loaded or initialised
+
+    monkeypatch.setattr(accounting, "memory_report", real)
+    result = train.train(_tiny(synth, 2), str(tmp_path / "dry"), dry_run=True)
+    assert result["dry_run"] and not materialized
+    assert not os.path.exists(str(tmp_path / "dry" / "ckpt" / "1"))

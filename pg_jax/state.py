@@ -1,0 +1,124 @@
+"""The train state: its shapes and shardings first (no memory), then its arrays.
+
+Used by the trainer (`pg_jax.train`) and by ``scripts/bench_train_step.py``, so the benchmark
+times exactly the state the trainer trains::
+
+    plan = state.plan(model, opt, mesh, strategy, frozen_dtype="bfloat16", loss_scale=False)
+    compiled = jitted.lower(plan.abstract, rng, batch).compile()   # fit check: no arrays yet
+    train_state = state.materialize(plan, model, init_path=..., seed=0)
+
+A train state is ``{"params": nested params, "opt": optimizer state over the trainable leaves
+(flat), "loss_scale": fp16 loss-scale state (only with dynamic loss scaling)}``. Trainable
+parameters are float32 masters; frozen ones are stored in ``frozen_dtype`` and get no optimizer
+state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from pg_jax import optim, sharding
+from pg_jax import step as step_lib
+from pg_jax.models import loader, paligemma
+
+
+@dataclasses.dataclass(frozen=True)
+class StatePlan:
+    """Shapes, dtypes and shardings of a train state, before any array exists.
+
+    Attributes:
+      param_shapes: flat {key: ShapeDtypeStruct} in the stored dtypes.
+      param_shardings: flat {key: NamedSharding}.
+      opt: the optimizer the state is for.
+      abstract: the whole train state as ShapeDtypeStructs with shardings (a ``lower`` input).
+      shardings: the same tree of shardings (``out_shardings`` of the train step).
+    """
+
+    param_shapes: dict
+    param_shardings: dict
+    opt: optim.Optimizer
+    abstract: dict
+    shardings: dict
+
+
+def plan(
+    model: paligemma.Model,
+    opt: optim.Optimizer,
+    mesh: jax.sharding.Mesh,
+    strategy,
+    *,
+    frozen_dtype: str,
+    loss_scale: bool,
+) -> StatePlan:
+    """Everything about the train state that shapes alone tell.
+
+    Args:
+      model: the model.
+      opt: `optim.make(...)` for the model's parameters.
+      mesh: the device mesh.
+      strategy: ``config.sharding_strategy`` (regex -> rule pairs, see `pg_jax.sharding`).
+      frozen_dtype: storage dtype of the frozen parameters.
+      loss_scale: whether the state holds fp16 dynamic loss-scale state.
+    """
+    trainable = set(opt.trainable)
+    param_shapes = {
+        k: jax.ShapeDtypeStruct(v.shape, jnp.float32 if k in trainable else jnp.dtype(frozen_dtype))
+        for k, v in loader.param_shapes(model).items()
+    }
+    param_shardings = sharding.infer_sharding(param_shapes, strategy, mesh)
+    opt_shapes = jax.eval_shape(opt.tx.init, {k: param_shapes[k] for k in opt.trainable})
+    opt_shardings = sharding.infer_sharding(opt_shapes, strategy, mesh)
+    shardings = {"params": optim.unflatten(param_shardings), "opt": opt_shardings}
+    shapes = {"params": optim.unflatten(param_shapes), "opt": opt_shapes}
+    if loss_scale:
+        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        shapes["loss_scale"] = jax.eval_shape(step_lib.init_loss_scale)
+        shardings["loss_scale"] = jax.tree.map(lambda _: replicated, shapes["loss_scale"])
+    abstract = jax.tree.map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings
+    )
+    return StatePlan(param_shapes, param_shardings, opt, abstract, shardings)
+
+
+def materialize(p: StatePlan, model: paligemma.Model, *, init_path: str = "", seed: int = 0,
+                model_cfg: dict | None = None) -> dict:
+    """The train state's arrays, created straight into their shardings.
+
+    Args:
+      p: the `plan`.
+      model: the model (random init when there is no `init_path`).
+      init_path: a checkpoint to load every parameter from (big_vision .npz or HF directory).
+      seed: random init seed.
+      model_cfg: the architecture `init_path` must hold (default: whatever it holds).
+    """
+    if init_path:
+        _, params = loader.load(
+            init_path, model_cfg=model_cfg, shardings=lambda k, s: p.param_shardings[k]
+        )
+        # Cast leaf by leaf: one leaf's second copy at a time, never a whole second model.
+        flat = {
+            k: v if v.dtype == p.param_shapes[k].dtype else v.astype(p.param_shapes[k].dtype)
+            for k, v in optim.flatten(params).items()
+        }
+        del params
+    else:
+        res = model.img["image_size"]
+        dummy = (jnp.zeros((1, res, res, 3)), jnp.zeros((1, 2), jnp.int32),
+                 jnp.zeros((1, 2), jnp.int32))
+
+        def init(rng):  # cast inside the jit: no float32 copy of the frozen weights
+            flat = optim.flatten(model.init(rng, *dummy)["params"])
+            return {k: v.astype(p.param_shapes[k].dtype) for k, v in flat.items()}
+
+        flat = jax.jit(init, out_shardings=p.param_shardings)(jax.random.PRNGKey(seed))
+    opt_state = jax.jit(p.opt.tx.init, out_shardings=p.shardings["opt"])(
+        {k: flat[k] for k in p.opt.trainable}
+    )
+    state = {"params": optim.unflatten(flat), "opt": opt_state}
+    if "loss_scale" in p.abstract:
+        state["loss_scale"] = jax.device_put(step_lib.init_loss_scale(),
+                                             p.shardings["loss_scale"])
+    return state
