@@ -1,6 +1,6 @@
 """Start-up accounting: parameter overview, compiled memory, FLOPs per example and MFU.
 
-FLOPs are counted as REFERENCE.md section 8 says (a matmul of N weights costs 2N per token
+FLOPs are counted for what the step must compute (a matmul of N weights costs 2N per token
 forward): trained weights 6N per token (forward, activation and weight gradients), frozen LLM
 weights 4N (forward and activation gradients, needed to reach earlier trained weights), the
 frozen image tower 2N (forward only: nothing before it trains), attention

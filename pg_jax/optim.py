@@ -1,6 +1,6 @@
 """The optimizer: which parameters train, with which schedule, and how they are updated.
 
-Everything comes from the config (big_vision's ``optax.make`` semantics, STYLE.md section 5)::
+Everything comes from the config (big_vision's ``optax.make`` semantics)::
 
     config.schedule = [                       # (regex, schedule or None); first match wins,
         ("llm/layers/attn/.*", dict(decay_type="cosine", warmup_percent=0.05)),

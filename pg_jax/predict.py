@@ -9,7 +9,7 @@ image paths are relative to the file), decoded in batches, one JSON line per ans
 The checkpoint is a big_vision .npz or a Hugging Face directory (``pg_jax.load``). The tokenizer
 must be the one the checkpoint was trained with (default: the small project tokenizer; released
 PaliGemma checkpoints need ``paligemma_tokenizer.model``); one whose vocabulary size differs from
-the checkpoint's is refused. The prompt is ``[bos] question "\\n"`` (REFERENCE.md section 2), as in
+the checkpoint's is refused. The prompt is ``[bos] question "\\n"`` (big_vision's DocVQA layout), as in
 training and evaluation. Images are resized with PIL's antialiased bilinear filter, which differs
 slightly from the tf.data eval pipeline's resize; this module needs no TensorFlow.
 """

@@ -1,6 +1,6 @@
 """Device mesh, parameter/optimizer-state sharding by regex rules, and global batches.
 
-Sharding is data in the config (STYLE.md section 4, big_vision ``sharding.py`` semantics)::
+Sharding is data in the config (big_vision ``sharding.py`` semantics)::
 
     config.mesh = [("data", -1)]                        # axis name -> size (-1: the rest)
     config.sharding_strategy = [(".*", 'fsdp(axis="data")')]   # regex -> rule, first match wins
@@ -26,8 +26,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-_RULE = re.compile(r"^\s*(\w+)\((.*)\)\s*$")
-
+from pg_jax.pp.registry import parse_name
 
 def initialize_distributed() -> None:
     """Joins the other processes of a multi-host run; a no-op on one host.
@@ -46,7 +45,6 @@ def initialize_distributed() -> None:
         )
     elif on_cluster:
         jax.distributed.initialize()
-
 
 def make_mesh(axes: Sequence[tuple[str, int]], devices=None) -> Mesh:
     """A device mesh from ``[(name, size), ...]``; one size may be -1 (all remaining devices).
@@ -70,16 +68,16 @@ def make_mesh(axes: Sequence[tuple[str, int]], devices=None) -> Mesh:
         raise ValueError(f"config.mesh {axes} does not fit {devices.size} devices")
     return Mesh(devices.reshape(sizes), names)
 
-
 def _parse_rule(text: str) -> tuple[str, dict]:
-    m = _RULE.match(text)
-    if not m or m.group(1) not in ("fsdp", "replicate"):
+    try:  # the pp registry's parser: a name called with Python literals, nothing executed
+        name, args, kwargs = parse_name(text)
+    except ValueError as e:
+        raise ValueError(f"config.sharding_strategy: {e}") from None
+    if name not in ("fsdp", "replicate") or args:
         raise ValueError(
             f"config.sharding_strategy: unknown rule {text!r}; known: fsdp(axis=...), replicate()"
         )
-    kwargs = eval(f"dict({m.group(2)})", {"__builtins__": {}}, {"dict": dict})
-    return m.group(1), kwargs
-
+    return name, kwargs
 
 def _spec_for(rule: str, kw: dict, shape: tuple[int, ...], itemsize: int, mesh: Mesh):
     if rule == "replicate" or not shape:
@@ -99,13 +97,11 @@ def _spec_for(rule: str, kw: dict, shape: tuple[int, ...], itemsize: int, mesh: 
     )
     return PartitionSpec()
 
-
 def _name_of(path) -> str:
     """The parameter name a leaf belongs to: the flat key ("llm/...") or the joined path."""
     keys = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
     flat = [k for k in keys if "/" in k]  # flat-dict keys of the trainable params
     return flat[-1] if flat else "/".join(keys)
-
 
 def infer_sharding(tree, strategy: Sequence[tuple[str, str]], mesh: Mesh):
     """NamedShardings for every leaf of a tree of arrays or ShapeDtypeStructs.
@@ -132,11 +128,9 @@ def infer_sharding(tree, strategy: Sequence[tuple[str, str]], mesh: Mesh):
 
     return jax.tree_util.tree_map_with_path(one, tree)
 
-
 def batch_sharding(mesh: Mesh, axis: str = "data") -> NamedSharding:
     """Leading (batch) dimension split over `axis`, the rest replicated."""
     return NamedSharding(mesh, PartitionSpec(axis))
-
 
 def global_batch(local: Mapping[str, np.ndarray], mesh: Mesh, axis: str = "data") -> dict:
     """This process's rows -> one global jax.Array per key, sharded over `axis`.
@@ -156,7 +150,6 @@ def global_batch(local: Mapping[str, np.ndarray], mesh: Mesh, axis: str = "data"
         for k, v in local.items()
         if np.asarray(v).dtype.kind not in "OSU"
     }
-
 
 def describe(shardings, params) -> str:
     """One line per sharded leaf ("name shape -> spec"), for the start-up log."""

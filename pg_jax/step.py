@@ -1,4 +1,4 @@
-"""The loss and the pure train step (STYLE.md section 5).
+"""The loss and the pure train step.
 
     update_fn = make_update_fn(model, opt, loss_len=16, grad_accum_steps=1)
     train_state, measurements = jax.jit(update_fn, donate_argnums=(0,))(train_state, rng, batch)

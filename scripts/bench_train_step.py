@@ -2,10 +2,10 @@
 
     python scripts/bench_train_step.py --variant pg1_3b --res 224 --batch 8 --freeze attn
 
-Reports examples/s, MFU (REFERENCE.md section 8 counting, see pg_jax.accounting), the compiled
+Reports examples/s, MFU (counted as in pg_jax.accounting), the compiled
 step's predicted memory and the device's measured peak; ``--profile`` adds where the step's GPU
 time goes (per kind of kernel and the top kernels, see pg_jax.profiling). The setup matches the
-peer baseline of REFERENCE.md section 8: 32 text tokens, loss on the last 8, trainable LLM
+peer baseline of BENCHMARKS.md: 32 text tokens, loss on the last 8, trainable LLM
 attention, Adam. All devices form one data axis.
 
 Levers (``scripts/bench_train_levers.py`` runs them side by side): ``--attention_impl``,
@@ -30,11 +30,11 @@ import jax
 
 jax.config.update("jax_threefry_partitionable", True)
 
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from pg_jax import accounting, optim, profiling, sharding
+from pg_jax import state as state_lib
 from pg_jax import step as step_lib
 from pg_jax.models import loader, paligemma, variants
 
@@ -94,32 +94,13 @@ def main() -> None:
         )
     )
     opt = optim.make(opt_cfg, optim.unflatten(shapes), 1000)
-    tr = set(opt.trainable)
-    shapes = {
-        k: jax.ShapeDtypeStruct(v.shape, jnp.float32 if k in tr else a.frozen_dtype)
-        for k, v in shapes.items()
-    }
     strategy = [(".*", 'fsdp(axis="data")' if a.strategy == "fsdp" else "replicate()")]
-    p_sh = sharding.infer_sharding(shapes, strategy, mesh)
-
-    # Random init straight into the target dtypes and shardings (no host copy of 3B params).
-    def init(rng):
-        dummy = (
-            jnp.zeros((1, a.res, a.res, 3)),
-            jnp.zeros((1, 2), jnp.int32),
-            jnp.zeros((1, 2), jnp.int32),
-        )
-        flat = optim.flatten(model.init(rng, *dummy)["params"])
-        return {k: v.astype(shapes[k].dtype) for k, v in flat.items()}
-
-    flat = jax.jit(init, out_shardings=p_sh)(jax.random.PRNGKey(0))
-    tr_params = {k: flat[k] for k in opt.trainable}
-    o_sh = sharding.infer_sharding(jax.eval_shape(opt.tx.init, tr_params), strategy, mesh)
-    state = {
-        "params": optim.unflatten(flat),
-        "opt": jax.jit(opt.tx.init, out_shardings=o_sh)(tr_params),
-    }
-    del flat, tr_params
+    # The trainer's own state setup (pg_jax.state): random init straight into the target
+    # dtypes and shardings, no host copy of 3B params.
+    plan = state_lib.plan(model, opt, mesh, strategy, frozen_dtype=a.frozen_dtype,
+                          loss_scale=False)
+    shapes = plan.param_shapes
+    state = state_lib.materialize(plan, model, seed=0)
     print("Parameters:\n" + accounting.param_overview(shapes, opt.trainable))
 
     rng = np.random.default_rng(0)
@@ -140,7 +121,7 @@ def main() -> None:
     )
     t = time.time()
     compiled = fn.lower(state, jax.random.PRNGKey(0), batch).compile(step_lib.compiler_options())
-    report, _, _ = accounting.memory_report(compiled, jax.devices()[0])
+    report, predicted, _ = accounting.memory_report(compiled, jax.devices()[0])
     print(f"compile {time.time() - t:.1f}s\n{report}")
     key = jax.random.PRNGKey(0)
     for _ in range(2):  # warm-up
@@ -165,7 +146,8 @@ def main() -> None:
         f"llm_unroll={cfg['llm']['scan_unroll']} set={','.join(a.set) or '-'} "
         f"strategy={a.strategy} devices={jax.device_count()}x{dev.device_kind}: "
         f"step {dt * 1e3:.1f} ms, {ex_s:.1f} examples/s, {flops / 1e12:.3f} TFLOP/example, "
-        f"MFU {mfu:.1%}, peak {stats.get('peak_bytes_in_use', 0) / 2**30:.1f} GiB, "
+        f"MFU {mfu:.1%}, peak {stats.get('peak_bytes_in_use', 0) / 2**30:.1f} GiB "
+        f"(predicted {(predicted or 0) / 2**30:.1f}), "
         f"loss {float(m['training_loss']):.3f}"
     )
     if a.profile:

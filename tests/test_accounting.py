@@ -1,4 +1,4 @@
-"""MFU accounting (REFERENCE.md section 8): FLOPs per training example and peak FLOP/s."""
+"""MFU accounting: FLOPs per training example and peak FLOP/s."""
 
 import numpy as np
 import pytest

@@ -52,7 +52,7 @@ def test_make_attn_mask_worked_examples():
 
 
 def test_param_counts_of_released_variants():
-    # REFERENCE.md: PaliGemma 1 3B-224 has 2,923,335,408 parameters in 32 arrays.
+    # The released PaliGemma 1 3B-224 .npz has 2,923,335,408 parameters in 32 arrays.
     shapes = loader.param_shapes(paligemma.Model(**variants.get_config("pg1_3b").to_dict()))
     assert len(shapes) == 32
     assert sum(int(np.prod(s.shape)) for s in shapes.values()) == 2_923_335_408

@@ -114,7 +114,7 @@ def test_fit_truncates_prefix_head_and_keeps_eos():
 
 
 def test_full_train_example_layout():
-    """[bos] question "\\n" answer [eos] pad..., checked position by position (REFERENCE.md 2)."""
+    """[bos] question "\\n" answer [eos] pad..., checked position by position."""
     tok = Tokenizer()
     q, a = tok.encode("What is the total?"), tok.encode("$12")
     ex = {

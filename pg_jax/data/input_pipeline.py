@@ -28,7 +28,7 @@ from pg_jax.pp import builder
 def pp_train(
     res: int = 224, text_len: int = 32, prompt: str = "{question}", tokenizer: str | None = None
 ) -> str:
-    """The DocVQA training op string (REFERENCE.md section 2).
+    """The DocVQA training op string (big_vision's DocVQA layout, see `pg_jax.pp.ops_text`).
 
     Args:
       res: image side.

@@ -284,7 +284,6 @@ class Block(nn.Module):
                 attn_mask = attn_mask.dense(*near.shape[1:])
             attn_mask = jnp.where(is_sliding, attn_mask & near, attn_mask)
 
-        x = nn.with_logical_constraint(x, ("act_batch", "act_len", "act_emb"))
         y = RMSNorm(name="pre_attention_norm")(x)
         y, new_kv = Attention(
             self.num_heads,

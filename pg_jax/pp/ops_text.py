@@ -1,6 +1,6 @@
 """Text preprocessing ops: prompt, answer choice, tokenization, fitting, masked concat.
 
-The DocVQA training example (REFERENCE.md section 2), for text_len 32:
+The DocVQA training example (big_vision's DocVQA transfer layout), for text_len 32:
 
   text      = [bos] question... "\\n" answer... [eos] pad...     (length text_len + 1 = 33)
   mask_ar   =  0    0...         0    1...      1     1...       (0 prefix, 1 suffix and padding)
