@@ -224,17 +224,20 @@ def test_npz_with_a_corrupt_member_names_file_and_key(npz):
     assert npz in msg and repr(key) in msg and "CRC" in msg, msg
 
 
-def test_compressed_npz_with_a_corrupt_member_names_file_and_key(tiny_params, tmp_path):
+@pytest.mark.parametrize("offset, error", [(0, "Error -3 while decompressing"), (300, "CRC")])
+def test_compressed_npz_with_a_corrupt_member_names_file_and_key(
+    tiny_params, tmp_path, offset, error
+):
     flat = flax.traverse_util.flatten_dict(tiny_params[1], sep="/")
     flat = {"params/" + k: np.asarray(v) for k, v in flat.items()}
     path = str(tmp_path / "compressed.npz")
     np.savez_compressed(path, **flat)
     key = "llm/embedder/input_embedding"
-    _flip_bytes(path, _member_offset(path, f"params/{key}.npy") + 300)
+    _flip_bytes(path, _member_offset(path, f"params/{key}.npy") + offset, 4)
     with pytest.raises(CheckpointError) as e:
         pg_jax.load(path)
     msg = str(e.value)
-    assert path in msg and repr(key) in msg, msg
+    assert path in msg and key in msg and error in msg, msg
 
 
 def test_truncated_npz_names_the_file(npz):
