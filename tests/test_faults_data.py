@@ -302,3 +302,15 @@ def test_predict_and_export_print_the_checkpoint_error_and_exit_2(npz, tmp_path,
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and npz in err and "input_embedding" in err, err
+
+
+def test_safetensors_tensor_of_a_dtype_numpy_lacks_names_file_tensor_and_dtype(tmp_path):
+    from pg_jax.models.safetensors_io import SafetensorsFile
+
+    header = json.dumps({"w": {"dtype": "F8_E4M3", "shape": [4], "data_offsets": [0, 4]}})
+    blob = header.encode() + b" " * (-len(header) % 8)
+    path = tmp_path / "f8.safetensors"
+    path.write_bytes(struct.pack("<Q", len(blob)) + blob + bytes(4))
+    with pytest.raises(CheckpointError, match=re.escape(f"{path}: cannot read tensor 'w' of dtype "
+                                                        "F8_E4M3")):  # fmt: skip
+        SafetensorsFile(str(path)).get("w")

@@ -40,8 +40,12 @@ class SafetensorsFile:
     def get(self, name: str) -> np.ndarray:
         try:
             return self._file.get_tensor(name)
-        except (safetensors.SafetensorError, TypeError) as e:  # TypeError: a dtype numpy lacks.
-            raise CheckpointError(f"{self.path}: cannot read tensor {name!r} ({e})") from None
+        # AttributeError: a dtype numpy lacks (e.g. F8_E4M3 asks for numpy.float8_e4m3fn).
+        except (safetensors.SafetensorError, AttributeError) as e:
+            dtype = self._file.get_slice(name).get_dtype()
+            raise CheckpointError(
+                f"{self.path}: cannot read tensor {name!r} of dtype {dtype} ({e})"
+            ) from None
 
 
 def _diagnose(path: str) -> str:
