@@ -59,8 +59,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"loading {args.ckpt} ...", flush=True)
     try:
         model, params = loader.load(args.ckpt, **overrides)
-    except (loader.CheckpointError, FileNotFoundError, ValueError) as e:
-        sys.exit(f"error: {e}")
+    except (ValueError, OSError) as e:  # CheckpointError is a ValueError; both name the file.
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     model_cfg = {"img": dict(model.img), "llm": dict(model.llm)}
     print(f"architecture: img {model_cfg['img']}\n              llm {model_cfg['llm']}")
 

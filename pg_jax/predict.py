@@ -222,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for r in requests:
             load_image(r["image"], 14)  # Opens and decodes: fails here, naming the file.
         model, params, tok = load_model(a.ckpt, a.tokenizer, a.dtype)
-    except (InputError, ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:  # InputError, CheckpointError: messages name the file.
         print(f"error: {e}", file=sys.stderr)
         return 2
     answers = answer(

@@ -30,6 +30,7 @@ from PIL import Image
 
 from pg_jax.data import core
 from pg_jax.data.docvqa import Example
+from pg_jax.models import variants
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -38,6 +39,23 @@ SOURCES = {"hf-parquet": "docvqa_hf", "docvqa-json": "docvqa_json"}
 
 class CacheMismatchError(RuntimeError):
     """An existing cache was made with other options."""
+
+
+class NothingToWriteError(ValueError):
+    """Every record was skipped or filtered out: no cache is written."""
+
+
+def check_res(res: int) -> None:
+    """Refuses a resolution the image tower cannot take: it must be a multiple of its patch."""
+    if res <= 0 or res % variants.SO400M["patch_size"]:
+        raise ValueError(f"res={res}: {_RES_RULE}")
+
+
+_RES_RULE = (
+    f"the image side must be a positive multiple of the patch size "
+    f"{variants.SO400M['patch_size']} (PaliGemma checkpoints are released at "
+    f"{', '.join(map(str, variants.RESOLUTIONS))})"
+)
 
 
 def resize_page(data: bytes, res: int, image_format: str) -> bytes:
@@ -122,7 +140,8 @@ def prepare(
       split: split name ("train", "validation"/"val", "test").
       out: cache directory.
       limit, fraction, sample_seed, question_types: selection, see `pg_jax.data.docvqa`.
-      res: target square resolution (224, 448, 896 for PaliGemma; any positive int works).
+      res: target square resolution: a multiple of the patch size 14 (224, 448, 896 for the
+        released PaliGemma checkpoints).
       image_format: "png" or "raw".
       examples_per_shard: questions per TFRecord file (multi-host reads whole files).
       overwrite: replace an existing cache made with other options.
@@ -135,7 +154,9 @@ def prepare(
     Raises:
       CacheMismatchError: `out` holds a cache with other options (or something else) and
         `overwrite` is False.
+      NothingToWriteError: no example was kept (the message gives the skip reasons).
     """
+    check_res(res)
     if source not in SOURCES:
         raise ValueError(f"source must be one of {sorted(SOURCES)}, got {source!r}")
     if image_format not in ("png", "raw"):
@@ -191,6 +212,9 @@ def prepare(
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     counts = _write_shards(reader, tmp, res, image_format, examples_per_shard, workers, verbose)
+    if counts["kept"] == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise NothingToWriteError(_nothing_kept(reader, out, options))
     manifest = {
         "options": options,
         "counts": {
@@ -212,13 +236,25 @@ def prepare(
     c = manifest["counts"]
     say(
         f"read {c['read']}, kept {c['kept']}, skipped {c['skipped']}"
-        + "".join(
-            f"\n  {r}: {d['count']} (first: {', '.join(d['first'])})"
-            for r, d in manifest["skipped"].items()
-        )
+        + reader.skips.describe()
         + f"\npages decoded {c['pages_decoded']}; wrote {out} in {manifest['seconds']} s"
     )
     return manifest
+
+
+def _nothing_kept(reader, out: str, options: dict) -> str:
+    unselected = reader.num_read - reader.num_examples - sum(
+        reader.skips.counts[r] for r in ("empty_question", "no_answers")
+    )
+    selection = ", ".join(
+        f"{k} {options[k]}" for k in ("limit", "fraction", "sample_seed", "question_types")
+        if options[k] is not None
+    )
+    return (
+        f"wrote 0 examples to {out} (nothing written): read {reader.num_read} records, skipped "
+        f"{reader.skips.total}" + reader.skips.describe()
+        + (f"\n  not selected ({selection}): {unselected}" if unselected else "")
+    )
 
 
 def _write_shards(
@@ -297,6 +333,16 @@ def _safe_resize(data: bytes, res: int, image_format: str) -> bytes | None:
         return None
 
 
+def _res_arg(value: str) -> int:
+    # An ArgumentTypeError is printed by argparse with the usage line; the exit status is 2.
+    try:
+        res = int(value)
+        check_res(res)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value}: {_RES_RULE}") from None
+    return res
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m pg_jax.prepare_data",
@@ -324,7 +370,9 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="comma-separated question types to keep, e.g. 'form,table/list'",
     )
-    p.add_argument("--res", type=int, default=224, help="square side: 224, 448 or 896")
+    p.add_argument("--res", type=_res_arg, default=224,
+                   help="square side, a multiple of the patch size 14: 224, 448 or 896 for the "
+                   "released checkpoints")  # fmt: skip
     p.add_argument("--image_format", default="png", choices=["png", "raw"])
     p.add_argument("--examples_per_shard", type=int, default=1024)
     p.add_argument(

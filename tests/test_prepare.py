@@ -1,4 +1,6 @@
-"""prepare_data: cache contents, skip reasons, reuse, refusal, overwrite, CLI."""
+"""prepare_data: cache contents, skip reasons, reuse, refusal, overwrite, CLI.
+
+Resolutions are small multiples of the patch size 14, the only ones prepare_data accepts."""
 
 import json
 
@@ -11,7 +13,7 @@ from pg_jax.data import core
 
 def test_prepare_hf_and_reuse(tiny_hf, tmp_path, capsys):
     out = str(tmp_path / "c")
-    m = prepare_data.prepare("hf-parquet", tiny_hf, "train", out, res=16)
+    m = prepare_data.prepare("hf-parquet", tiny_hf, "train", out, res=28)
     assert m["counts"] == {"read": 5, "selected": 3, "kept": 2, "skipped": 3, "pages_decoded": 1}
     assert set(m["skipped"]) == {"no_answers", "empty_question", "undecodable_image"}
     src = core.get("docvqa_prepared", path=out)
@@ -22,17 +24,17 @@ def test_prepare_hf_and_reuse(tiny_hf, tmp_path, capsys):
         b"form"
     ]
     # Same options: reused (said so, nothing rewritten).
-    again = prepare_data.prepare("hf-parquet", tiny_hf, "train", out, res=16)
+    again = prepare_data.prepare("hf-parquet", tiny_hf, "train", out, res=28)
     assert again["created"] == m["created"] and "Reusing cache" in capsys.readouterr().out
     # Other options: refused, naming the difference; with overwrite: rebuilt.
-    with pytest.raises(prepare_data.CacheMismatchError, match=r"res: 16 -> 8.*--overwrite"):
-        prepare_data.prepare("hf-parquet", tiny_hf, "train", out, res=8)
+    with pytest.raises(prepare_data.CacheMismatchError, match=r"res: 28 -> 14.*--overwrite"):
+        prepare_data.prepare("hf-parquet", tiny_hf, "train", out, res=14)
     m8 = prepare_data.prepare(
-        "hf-parquet", tiny_hf, "train", out, res=8, image_format="raw", overwrite=True
+        "hf-parquet", tiny_hf, "train", out, res=14, image_format="raw", overwrite=True
     )
-    assert m8["options"]["res"] == 8
+    assert m8["options"]["res"] == 14
     img = next(core.get("docvqa_prepared", path=out).get_tfdata().as_numpy_iterator())["image"]
-    assert img.shape == (8, 8, 3) and img.dtype == np.uint8 and (img == 10).all()
+    assert img.shape == (14, 14, 3) and img.dtype == np.uint8 and (img == 10).all()
 
 
 def test_prepare_json_and_cli(tiny_json, tmp_path):
@@ -46,7 +48,7 @@ def test_prepare_json_and_cli(tiny_json, tmp_path):
             "--split",
             "test",
             "--res",
-            "16",
+            "28",
             "--out",
             out,
         ]
@@ -65,7 +67,7 @@ def test_prepare_json_and_cli(tiny_json, tmp_path):
                 "--split",
                 "test",
                 "--res",
-                "32",
+                "42",
                 "--out",
                 out,
             ]
@@ -75,4 +77,4 @@ def test_prepare_json_and_cli(tiny_json, tmp_path):
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "x").write_text("x")
     with pytest.raises(prepare_data.CacheMismatchError, match="no manifest.json"):
-        prepare_data.prepare("docvqa-json", tiny_json, "test", str(tmp_path / "junk"), res=16)
+        prepare_data.prepare("docvqa-json", tiny_json, "test", str(tmp_path / "junk"), res=28)

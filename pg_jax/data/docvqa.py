@@ -14,7 +14,9 @@ Both readers select the same way: `limit` and/or `fraction` of the records that 
 with `sample_seed` a seeded random subset (kept in file order), else the first ones; optionally only
 records with one of `question_types`. They skip and count (reason -> count, first few named):
 empty question, a non-test record without answers, a missing or undecodable image. A file that is
-not DocVQA is refused with a ValueError naming the file and the missing columns or keys.
+not DocVQA is refused with a ValueError naming the file and the missing columns or keys; so is text
+that is not UTF-8 (naming the file and the row or byte offset) and a parquet text column of
+another arrow type than string or binary (binary columns are decoded as UTF-8).
 
 The parquet reader streams: pass 1 reads only the small columns, pass 2 reads the image column one
 row group at a time and only row groups holding selected rows.
@@ -45,6 +47,9 @@ HF_COLUMNS = (
 )
 JSON_KEYS = ("questionId", "question", "image", "docId")
 _META_COLUMNS = [c for c in HF_COLUMNS if c != "image"]
+_TEXT_COLUMNS = ("question",)  # Strings (or UTF-8 bytes).
+_TEXT_LIST_COLUMNS = ("answers", "question_types")  # Lists of strings (or of UTF-8 bytes).
+_IMAGE_REASONS = ("missing_image", "undecodable_image")  # Found only when pages are read.
 _FIRST_NAMED = 5  # Skipped records named per reason (ids), enough to find the culprit.
 
 
@@ -63,15 +68,23 @@ class Example:
 
 class Skips:
     """Skip counter: reason -> count, the first few record ids per reason, and every skipped
-    question (an evaluator must still answer each questionId of a split)."""
+    question (an evaluator must still answer each questionId of a split).
+
+    A record is counted once per reason however often it is skipped, so a training run that
+    passes over a bad page every epoch still reports it once.
+    """
 
     def __init__(self):
         self.counts: collections.Counter = collections.Counter()
         self.first: dict[str, list[str]] = collections.defaultdict(list)
+        self._seen: set[tuple[str, str]] = set()
         # {"questionId", "question", "answers", "question_types", "reason"} per skipped record.
         self.questions: list[dict] = []
 
     def add(self, reason: str, what: str, record: dict | Example | None = None) -> None:
+        if (reason, what) in self._seen:
+            return
+        self._seen.add((reason, what))
         self.counts[reason] += 1
         if len(self.first[reason]) < _FIRST_NAMED:
             self.first[reason].append(what)
@@ -90,6 +103,13 @@ class Skips:
 
     def as_dict(self) -> dict:
         return {r: {"count": n, "first": self.first[r]} for r, n in sorted(self.counts.items())}
+
+    def describe(self) -> str:
+        """One line per reason: `  reason: count (first: id, id, ...)`."""
+        return "".join(
+            f"\n  {r}: {d['count']} (first: {', '.join(d['first'])})"
+            for r, d in self.as_dict().items()
+        )
 
     @property
     def total(self) -> int:
@@ -138,6 +158,8 @@ def _select(
 class _Reader:
     """Selection and bookkeeping shared by both readers."""
 
+    name: str  # The registered data source name.
+    location: str  # The path it was given.
     split: str
     skips: Skips
     num_read: int
@@ -170,6 +192,23 @@ class _Reader:
             wanted = set(question_types)
             candidates = [e for e in candidates if wanted & set(e.question_types)]
         return [candidates[i] for i in _select(len(candidates), limit, fraction, sample_seed)]
+
+    def skip_report(self, after_first_pass: bool = False) -> str:
+        """What was read, kept and skipped (reason -> count, first few named), for the log.
+
+        Pages are only checked as they are read, so before the first pass "kept" counts the
+        selected records whose text passed the checks.
+        """
+        image_skips = sum(self.skips.counts[r] for r in _IMAGE_REASONS)
+        unselected = self.num_read - (self.skips.total - image_skips) - self.num_examples
+        when = (", after the first pass over the pages" if after_first_pass
+                else " (pages are checked as they are read)")  # fmt: skip
+        return (
+            f"{self.name} {self.location} [{self.split}]{when}: read {self.num_read} records, "
+            f"kept {self.num_examples - image_skips}, skipped {self.skips.total}"
+            + (f", not selected {unselected}" if unselected else "")
+            + self.skips.describe()
+        )
 
     def iter_examples(self) -> Iterator[Example]:
         raise NotImplementedError
@@ -210,6 +249,8 @@ class _Reader:
 class HFParquetDocVQA(_Reader):
     """HuggingFaceM4/DocumentVQA parquet shards of one split."""
 
+    name = "docvqa_hf"
+
     def __init__(
         self,
         path: str,
@@ -230,6 +271,7 @@ class HFParquetDocVQA(_Reader):
         import pyarrow.parquet as pq
 
         self.split = {"val": "validation"}.get(split, split)
+        self.location = path
         self.files = _parquet_files(path, self.split)
         self.skips, self.num_read = Skips(), 0
         candidates, self._where = [], {}
@@ -241,9 +283,11 @@ class HFParquetDocVQA(_Reader):
                     f"{f} is not HuggingFaceM4/DocumentVQA parquet: missing columns "
                     f"{missing} (has {pf.schema_arrow.names})."
                 )
+            _check_text_types(f, pf.schema_arrow)
             row = 0
             for batch in pf.iter_batches(columns=_META_COLUMNS, batch_size=4096):
                 for rec in batch.to_pylist():
+                    _decode_text(rec, f, row)
                     self.num_read += 1
                     if _check_text(rec, self.split, self.skips):
                         ex = _example(rec, str(rec["docId"]))
@@ -290,6 +334,8 @@ class HFParquetDocVQA(_Reader):
 class JsonDocVQA(_Reader):
     """The original DocVQA release: `{split}/{split}_v1.0[_withQT].json` + `documents/`."""
 
+    name = "docvqa_json"
+
     def __init__(
         self,
         path: str,
@@ -308,13 +354,10 @@ class JsonDocVQA(_Reader):
           limit, fraction, sample_seed, question_types: selection, see the module docstring.
         """
         self.split = {"validation": "val"}.get(split, split)
+        self.location = path
         self.json_path = _json_file(path, self.split)
         self.root = os.path.dirname(self.json_path)
-        with open(self.json_path) as f:
-            try:
-                doc = json.load(f)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{self.json_path} is not DocVQA JSON: {e}") from e
+        doc = _read_json(self.json_path)
         if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
             raise ValueError(
                 f"{self.json_path} is not DocVQA JSON: missing top-level key 'data' "
@@ -349,6 +392,69 @@ class JsonDocVQA(_Reader):
                 ex.image = f.read()
             yield ex
             ex.image = None
+
+
+def _read_json(path: str):
+    """The parsed JSON file; undecodable text is refused naming the file, line and byte offset."""
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        text = data.decode("utf-8-sig")  # JSON is UTF-8; tolerate a byte-order mark.
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ValueError(
+            f"{path} is not UTF-8 text: byte offset {e.start} (line {line}) holds "
+            f"{data[e.start : e.end]!r} ({e.reason}). Re-save the file as UTF-8."
+        ) from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not DocVQA JSON: {e}") from e
+
+
+def _check_text_types(path: str, schema) -> None:
+    """Refuses text columns that are neither strings nor bytes, naming the column and type."""
+    import pyarrow as pa
+
+    def texty(t):  # null: a column with no values at all, e.g. empty answer lists.
+        kinds = ("is_string", "is_large_string", "is_binary", "is_large_binary", "is_null")
+        return any(getattr(pa.types, kind)(t) for kind in kinds)
+
+    def listy(t):
+        return pa.types.is_null(t) or (
+            (pa.types.is_list(t) or pa.types.is_large_list(t)) and texty(t.value_type)
+        )
+
+    for column, ok, want in [(c, texty, "string") for c in _TEXT_COLUMNS] + [
+        (c, listy, "list<string>") for c in _TEXT_LIST_COLUMNS
+    ]:
+        t = schema.field(column).type
+        if not ok(t):
+            raise ValueError(
+                f"{path}: column {column!r} has arrow type {t}; DocVQA needs {want} "
+                "(or binary holding UTF-8 text)."
+            )
+
+
+def _decode_text(rec: dict, path: str, row: int) -> None:
+    """Decodes, in place, the text columns of a record that a binary column gave as bytes."""
+
+    def text(value, column):
+        if not isinstance(value, bytes):
+            return value
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(
+                f"{path}: column {column!r} row {row} (questionId={rec.get('questionId')}) is "
+                f"not UTF-8 text: byte {e.start} is {value[e.start : e.end]!r} ({e.reason})."
+            ) from None
+
+    for column in _TEXT_COLUMNS:
+        rec[column] = text(rec[column], column)
+    for column in _TEXT_LIST_COLUMNS:
+        if rec[column] is not None:
+            rec[column] = [text(v, column) for v in rec[column]]
 
 
 def _example(rec: dict, image_key: str) -> Example:

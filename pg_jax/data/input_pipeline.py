@@ -136,7 +136,8 @@ def make_dataset(
     """
     index, count = _process(process_index, process_count)
     pp = builder.get_preprocess_fn(pp_fn) if isinstance(pp_fn, str) else pp_fn
-    base = source.get_tfdata(shard_index=index, shard_count=count).enumerate()
+    base = _reporting_skips(source, source.get_tfdata(shard_index=index, shard_count=count))
+    base = base.enumerate()
     n = source.num_examples_for(index, count)
     if n == 0:
         raise ValueError(
@@ -163,6 +164,26 @@ def make_dataset(
     ds = ds.map(pp, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(batch_size, drop_remainder=True)
     return ds.prefetch(prefetch)
+
+
+def _reporting_skips(source: DataSource, epoch: tf.data.Dataset) -> tf.data.Dataset:
+    """For a raw source (one that skips bad records as it reads, e.g. `docvqa_hf`), prints its
+    skips now and, if reading the pages found more, once after the first pass over them."""
+    report = getattr(source, "skip_report", None)
+    if report is None:  # A prepared cache reported its skips when it was written.
+        return epoch
+    print(report(), flush=True)
+    reported = [source.skips.total]
+
+    def after_pass():  # An empty generator: runs when iteration reaches the end of an epoch.
+        if source.skips.total != reported[0]:  # Skips count each record once, so: once.
+            reported[0] = source.skips.total
+            print(report(after_first_pass=True), flush=True)
+        yield from ()
+
+    return epoch.concatenate(
+        tf.data.Dataset.from_generator(after_pass, output_signature=epoch.element_spec)
+    )
 
 
 def make_iterator(

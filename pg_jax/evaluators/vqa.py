@@ -219,7 +219,6 @@ class Evaluator:
         records, thumbs, totals = [], {}, anls_lib.Totals()
         num_truncated = 0
         skips = getattr(self.source, "skips", None)
-        first_new_skip = len(skips.questions) if skips is not None else 0
         for batch in tqdm(self._batches(), total=total, desc=self.prefix, disable=not show):
             tokens = np.asarray(jax.device_get(self.predict(params, batch, **self.pred_kw)))
             for i in np.flatnonzero(batch["_mask"]):
@@ -240,8 +239,9 @@ class Evaluator:
                 if self.report and self.workdir:
                     thumbs[qid] = thumbnail_png(batch["image"][i])
         seconds = time.perf_counter() - t0
-        # This host's questions skipped while reading its pages, then (host 0) the metadata ones.
-        skipped = skips.questions[first_new_skip:] if skips is not None else []
+        # This host's questions skipped while reading its pages (each recorded once, on the
+        # first run: the same pages fail on every run), then (host 0) the metadata ones.
+        skipped = skips.questions[len(self._read_skips):] if skips is not None else []
         if self._read_skips_counted and jax.process_index() == 0:
             skipped = skipped + self._read_skips
         for q in skipped:

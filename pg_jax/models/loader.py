@@ -153,8 +153,15 @@ class _HFReader:
         config_path = os.path.join(path, "config.json")
         if not os.path.exists(config_path):
             raise CheckpointError(f"{path}: no config.json; not a Hugging Face model directory")
-        with open(config_path) as f:
-            self.config = json.load(f)
+        try:
+            with open(config_path, encoding="utf-8") as f:
+                self.config = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"{config_path}: not valid JSON ({e})") from None
+        if not isinstance(self.config, dict):
+            raise CheckpointError(
+                f"{config_path}: expected a JSON object, got {type(self.config).__name__}"
+            )
         files = sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))
         if not files:
             raise CheckpointError(f"{path}: no .safetensors files (only safetensors are read)")

@@ -8,6 +8,7 @@ back as ``ml_dtypes.bfloat16``. Pickled arrays are never loaded.
 
 import os
 import zipfile
+import zlib
 from collections.abc import Iterable, Iterator
 
 import ml_dtypes
@@ -18,6 +19,11 @@ PREFIX = "params/"
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded; the message names the file and key."""
+
+
+# What zipfile and numpy raise for a damaged member: bad CRC or local header (BadZipFile),
+# corrupt deflate data (zlib.error), data cut short (EOFError), an unparsable header (ValueError).
+_DAMAGED = (zipfile.BadZipFile, zlib.error, EOFError, ValueError, OSError)
 
 
 def _normalize_key(member: str) -> str:
@@ -45,15 +51,17 @@ def read_index(path: str) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
         for info in zf.infolist():
             if not info.filename.endswith(".npy"):
                 continue
-            with zf.open(info) as f:
-                try:
+            try:
+                with zf.open(info) as f:
                     version = np.lib.format.read_magic(f)
                     if version == (1, 0):
                         shape, _, dtype = np.lib.format.read_array_header_1_0(f)
                     else:
                         shape, _, dtype = np.lib.format.read_array_header_2_0(f)
-                except ValueError as e:
-                    raise CheckpointError(f"{path}: bad array header in {info.filename}: {e}") from e
+            except _DAMAGED as e:
+                raise CheckpointError(
+                    f"{path}: bad array header in {info.filename}: {e}"
+                ) from None
             if dtype.hasobject:
                 raise CheckpointError(
                     f"{path}: {info.filename} holds Python objects (pickle); refusing to load it"
@@ -71,15 +79,22 @@ def iter_arrays(path: str, keys: Iterable[str] | None = None) -> Iterator[tuple[
       path: the .npz file.
       keys: keys (without "params/") to read, in this order; default all.
     """
-    with np.load(path, allow_pickle=False) as npz:
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except _DAMAGED as e:
+        raise CheckpointError(f"{path}: not a readable .npz file ({e})") from None
+    with npz:
         members = {_normalize_key(m): m for m in npz.files}
         for key in members if keys is None else keys:
             if key not in members:
                 raise CheckpointError(f"{path}: missing key {key!r}")
             try:
                 arr = npz[members[key]]
-            except ValueError as e:
-                raise CheckpointError(f"{path}: cannot read {key!r}: {e}") from e
+            except _DAMAGED as e:
+                raise CheckpointError(
+                    f"{path}: cannot read {key!r} (member {members[key]}): {e}; the file is "
+                    "damaged, copy or download it again"
+                ) from None
             yield key, arr.view(_restore_dtype(arr.dtype))
 
 

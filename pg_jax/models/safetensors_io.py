@@ -1,10 +1,10 @@
-"""Minimal safetensors reader and sharded writer with bfloat16 support.
+"""safetensors files through the ``safetensors`` package's numpy API, one file or shards.
 
-The format is an 8-byte little-endian header length, a JSON header
-``{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {...}}``
-and the raw little-endian tensor bytes. numpy has no bfloat16, so the
-``safetensors`` package's numpy API cannot read or write it; ml_dtypes can.
-Tensors are read lazily (memory-mapped), one at a time.
+bfloat16 tensors come out as ``ml_dtypes.bfloat16`` arrays and are written from them
+(safetensors >= 0.4.1). Reading is lazy: ``SafetensorsFile(path).get(name)`` reads one tensor
+(memory-mapped) at a time. Writing holds one shard's tensors at a time (at most
+``shard_bytes``). A damaged file is refused with a ``CheckpointError`` naming it, and the tensor
+whose offsets are wrong when that is the cause.
 """
 
 import json
@@ -12,23 +12,15 @@ import os
 import struct
 from collections.abc import Callable, Sequence
 
-import ml_dtypes
 import numpy as np
+import safetensors
+import safetensors.numpy
 
-DTYPES = {
-    "F64": np.dtype(np.float64),
-    "F32": np.dtype(np.float32),
-    "F16": np.dtype(np.float16),
-    "BF16": np.dtype(ml_dtypes.bfloat16),
-    "I64": np.dtype(np.int64),
-    "I32": np.dtype(np.int32),
-    "I16": np.dtype(np.int16),
-    "I8": np.dtype(np.int8),
-    "U8": np.dtype(np.uint8),
-    "BOOL": np.dtype(bool),
-}
-NAMES = {v: k for k, v in DTYPES.items()}
+from pg_jax.models.npz_io import CheckpointError
+
 SHARD_BYTES = 5 * 1000**3  # transformers' default max_shard_size="5GB"
+_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
+             "U8": 1, "BOOL": 1}  # fmt: skip
 
 
 class SafetensorsFile:
@@ -36,36 +28,47 @@ class SafetensorsFile:
 
     def __init__(self, path: str):
         self.path = path
-        with open(path, "rb") as f:
-            raw = f.read(8)
-            if len(raw) != 8:
-                raise ValueError(f"{path}: too short to be a safetensors file")
-            (n,) = struct.unpack("<Q", raw)
-            if n > 100 * 1000**2:
-                raise ValueError(f"{path}: implausible safetensors header length {n}")
-            try:
-                header = json.loads(f.read(n))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: safetensors header is not JSON ({e})") from e
-        self.metadata = header.pop("__metadata__", {}) or {}
-        self._entries = header
-        self._data_start = 8 + n
-        self.shapes = {k: tuple(v["shape"]) for k, v in header.items()}
-
-    def dtype(self, name: str) -> np.dtype:
-        code = self._entries[name]["dtype"]
-        if code not in DTYPES:
-            raise ValueError(f"{self.path}: tensor {name!r} has unsupported dtype {code}")
-        return DTYPES[code]
+        try:
+            self._file = safetensors.safe_open(path, framework="numpy")
+        except safetensors.SafetensorError as e:
+            raise CheckpointError(
+                f"{path}: not a readable safetensors file ({e}){_diagnose(path)}"
+            ) from None
+        self.metadata = self._file.metadata() or {}
+        self.shapes = {k: tuple(self._file.get_slice(k).get_shape()) for k in self._file.keys()}
 
     def get(self, name: str) -> np.ndarray:
-        entry = self._entries[name]
-        begin, end = entry["data_offsets"]
-        dtype = self.dtype(name)
-        count = (end - begin) // dtype.itemsize
-        arr = np.memmap(self.path, dtype=dtype, mode="r", offset=self._data_start + begin,
-                        shape=(count,))
-        return np.array(arr).reshape(entry["shape"])
+        try:
+            return self._file.get_tensor(name)
+        # AttributeError: a dtype numpy lacks (e.g. F8_E4M3 asks for numpy.float8_e4m3fn).
+        except (safetensors.SafetensorError, AttributeError) as e:
+            dtype = self._file.get_slice(name).get_dtype()
+            raise CheckpointError(
+                f"{self.path}: cannot read tensor {name!r} of dtype {dtype} ({e})"
+            ) from None
+
+
+def _diagnose(path: str) -> str:
+    """Says which tensor's data_offsets do not fit the file, if the header reads at all."""
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(n))
+        data_bytes = os.path.getsize(path) - 8 - n
+        for name, entry in header.items():
+            if name == "__metadata__":
+                continue
+            begin, end = entry["data_offsets"]
+            nbytes = int(np.prod(entry["shape"])) * _ITEMSIZE.get(entry["dtype"], 0)
+            where = f"; tensor {name!r} has data_offsets [{begin}, {end}]"
+            if end > data_bytes:
+                return f"{where} but the file holds {data_bytes} data bytes: truncated?"
+            if _ITEMSIZE.get(entry["dtype"]) and end - begin != nbytes:
+                shape = f"{entry['shape']} {entry['dtype']}"
+                return f"{where} ({end - begin} bytes) but shape {shape} needs {nbytes}"
+    except (OSError, ValueError, KeyError, TypeError, struct.error, MemoryError):
+        pass  # The library's message is all there is to say.
+    return ""
 
 
 def write_sharded(
@@ -76,9 +79,9 @@ def write_sharded(
 ) -> list[str]:
     """Writes tensors as ``model.safetensors`` or ``model-0000i-of-0000n`` shards.
 
-    Tensors are computed by ``fetch(name)`` one at a time while writing, so the
-    whole model never exists twice in memory. An index file
-    ``model.safetensors.index.json`` is written when there is more than one shard.
+    Tensors are computed by ``fetch(name)`` shard by shard, so at most one shard's worth of
+    converted arrays exists at a time. An index file ``model.safetensors.index.json`` is
+    written when there is more than one shard. Each file appears only once complete.
 
     Args:
       out_dir: directory to write into.
@@ -104,27 +107,18 @@ def write_sharded(
     ]
     weight_map = {}
     for fname, shard in zip(files, shards):
-        header, offset = {}, 0
+        arrays = {}
         for name, shape, dtype in shard:
-            nbytes = int(np.prod(shape)) * dtype.itemsize
-            header[name] = {"dtype": NAMES[dtype], "shape": list(shape),
-                            "data_offsets": [offset, offset + nbytes]}
-            offset += nbytes
+            arr = np.ascontiguousarray(np.asarray(fetch(name)), dtype=dtype)
+            if arr.shape != shape:
+                raise ValueError(f"tensor {name}: shape {arr.shape}, planned {shape}")
+            arrays[name] = arr
             weight_map[name] = fname
-        # transformers refuses files whose metadata lacks a known "format".
-        header["__metadata__"] = {"format": "pt"}
-        blob = json.dumps(header, separators=(",", ":")).encode()
-        blob += b" " * (-len(blob) % 8)  # keep tensor data 8-byte aligned
         path = os.path.join(out_dir, fname)
-        with open(path + ".tmp", "wb") as f:
-            f.write(struct.pack("<Q", len(blob)))
-            f.write(blob)
-            for name, shape, dtype in shard:
-                arr = np.ascontiguousarray(np.asarray(fetch(name)), dtype=dtype)
-                if arr.shape != shape:
-                    raise ValueError(f"tensor {name}: shape {arr.shape}, planned {shape}")
-                f.write(arr.tobytes())
+        # transformers refuses files whose metadata lacks a known "format".
+        safetensors.numpy.save_file(arrays, path + ".tmp", metadata={"format": "pt"})
         os.replace(path + ".tmp", path)
+        del arrays
     if len(files) > 1:
         total = sum(int(np.prod(s)) * np.dtype(d).itemsize for _, s, d in tensors)
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
