@@ -163,7 +163,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     cfg.model_init = c.ckpt
     cfg.model_name = c.variant
     cfg.tokenizer = c.tokenizer  # "" = the small project tokenizer
-    cfg.dtype = c.dtype  # auto: bfloat16 on GPU/TPU, float32 on CPU
+    cfg.dtype = c.dtype  # auto: bfloat16, float16 on GPUs without it (T4, P100), float32 on CPU
     cfg.frozen_dtype = "auto"  # frozen weights' storage; auto = the compute dtype
     cfg.loss_scale = "auto"  # dynamic loss scaling when dtype is float16
     cfg.remat_policy = "none" if c.demo or c.mode == "runlocal" else "nothing_saveable"
