@@ -2,16 +2,17 @@
 
 import setuptools
 
-# Minimum versions are the oldest releases whose public APIs the code uses:
-# jax.nn.dot_product_attention (jax 0.4.31), flax linen nn.scan/nn.remat with
-# policies, optax.contrib-free optimizers, ml_dtypes' bfloat16 view of numpy |V2,
-# safetensors' numpy API reading and writing ml_dtypes bfloat16 (0.4.0 cannot; checked).
+# Minimum versions are the ones CI tests: requirements/kaggle-gpu-image.txt pins
+# Kaggle's GPU image (jax 0.7.2, flax 0.11.2, optax 0.2.8, TensorFlow 2.20) and the
+# numpy, ml_dtypes and orbax-checkpoint releases that go with it. safetensors 0.4.1 is
+# the first whose numpy API reads and writes ml_dtypes bfloat16 (0.4.0 cannot; checked).
 INSTALL_REQUIRES = [
-    "jax>=0.4.35",
-    "flax>=0.8.5",
-    "optax>=0.2.2",
-    "numpy>=1.26",
-    "ml_dtypes>=0.4",
+    "jax>=0.7.2",
+    "flax>=0.11.2",
+    "optax>=0.2.8",
+    "orbax-checkpoint>=0.11.26",
+    "numpy>=2.0.2",
+    "ml_dtypes>=0.5.1",
     "ml_collections>=0.1.1",
     "sentencepiece>=0.2.0",
     "absl-py>=2.0",
@@ -25,8 +26,8 @@ INSTALL_REQUIRES = [
 # The input pipeline (tf.data) is the only part that needs TensorFlow; the model,
 # train step, decoding and benchmarks import without it.
 DATA_REQUIRES = [
-    "tensorflow-cpu>=2.16; platform_machine=='x86_64'",
-    "tensorflow>=2.16; platform_machine!='x86_64'",
+    "tensorflow-cpu>=2.20; platform_machine=='x86_64'",
+    "tensorflow>=2.20; platform_machine!='x86_64'",
     "tensorflow-datasets>=4.9.6",
 ]
 
@@ -45,7 +46,7 @@ setuptools.setup(
     description="Fine-tune PaliGemma 1 and 2 on document VQA with JAX/Flax.",
     packages=setuptools.find_packages(include=["pg_jax", "pg_jax.*"]),
     package_data={"pg_jax": ["assets/*.model"]},
-    python_requires=">=3.10",
+    python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES + DATA_REQUIRES,
-    extras_require={"test": TEST_REQUIRES, "gpu": ["jax[cuda12]>=0.4.35"]},
+    extras_require={"test": TEST_REQUIRES, "gpu": ["jax[cuda12]>=0.7.2"]},
 )

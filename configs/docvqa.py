@@ -166,11 +166,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     cfg.model_init = c.ckpt
     cfg.model_name = c.variant
     cfg.tokenizer = c.tokenizer  # "" = the small project tokenizer
-    cfg.dtype = c.dtype  # auto: bfloat16 on GPU/TPU, float32 on CPU
+    cfg.dtype = c.dtype  # auto: bfloat16, float16 on GPUs without it (T4, P100), float32 on CPU
     cfg.frozen_dtype = "auto"  # frozen weights' storage; auto = the compute dtype
     cfg.loss_scale = "auto"  # dynamic loss scaling when dtype is float16
     cfg.remat_policy = "none" if c.demo or c.mode == "runlocal" else "nothing_saveable"
-    cfg.attention_impl = "einsum"
+    # auto: cuDNN's fused attention on GPUs that run it (not PaliGemma 2: soft-cap), else einsum.
+    cfg.attention_impl = "auto"
     # Unrolled LLM layers train faster with less memory than a rolled scan (PG1-3B 224/32 on an
     # H100: 1.23x, 46.6 -> 26.7 GiB; BENCHMARKS.md) for ~35 s more compile. "auto": unrolled
     # when remat_policy is "none" (with remat, a rolled scan is what keeps memory low); or

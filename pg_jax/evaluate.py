@@ -167,9 +167,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", help='prompt template (default "{question}")')
     p.add_argument(
         "--dtype",
-        default="float32",
-        choices=["float32", "bfloat16"],
-        help="compute dtype (bfloat16 on GPUs)",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="compute dtype (auto: bfloat16, float16 on GPUs without it, float32 on CPU)",
     )
     p.add_argument("--report_rows", type=int, default=500, help="questions listed in the report")
     p.add_argument("--no_report", action="store_true", help="skip the HTML report")
@@ -199,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         import jax
         import jax.numpy as jnp
 
-        from pg_jax import sharding
+        from pg_jax import devices, sharding
         from pg_jax.models import loader
 
         # A full copy of the weights on every device; the evaluator splits each batch's rows
@@ -207,8 +207,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         mesh = sharding.make_mesh([("data", -1)])
         replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
         print(f"loading {ckpt} onto {jax.device_count()} device(s)")
+        dtype = devices.compute_dtype(a.dtype, jax.devices()[0]).value
         model, params = loader.load(
-            ckpt, dtype=a.dtype, param_dtype=jnp.dtype(a.dtype), shardings=replicated
+            ckpt, dtype=dtype, param_dtype=jnp.dtype(dtype), shardings=replicated
         )
         res = model.img["image_size"]
         if a.res and a.res != res:

@@ -124,7 +124,8 @@ def load_model(ckpt: str, tokenizer: str | None, dtype: str = "float32"):
     Args:
       ckpt: a big_vision .npz or an HF model directory.
       tokenizer: SentencePiece model path (None: the small project tokenizer).
-      dtype: compute and parameter dtype ("float32" or "bfloat16").
+      dtype: compute and parameter dtype ("float32", "bfloat16", "float16", or "auto": the
+        device's, pg_jax.devices.compute_dtype).
 
     Returns:
       (model, params, tokenizer).
@@ -137,8 +138,12 @@ def load_model(ckpt: str, tokenizer: str | None, dtype: str = "float32"):
     cfg = loader.read_model_config(ckpt)
     probe = type("Probe", (), {"llm": cfg["llm"]})
     common.check_tokenizer(tok, probe, what=f"checkpoint {ckpt}")
+    import jax
     import jax.numpy as jnp
 
+    from pg_jax import devices
+
+    dtype = devices.compute_dtype(dtype, jax.devices()[0]).value
     model, params = loader.load(ckpt, dtype=dtype, param_dtype=jnp.dtype(dtype))
     return model, params, tok
 
@@ -200,7 +205,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--text_len", type=int, default=64, help="prompt tokens (longer is cut)")
     p.add_argument("--prompt", default="{question}",
                    help='prompt template, e.g. "answer en {question}" for HF-style fine-tunes')  # fmt: skip
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="compute dtype (auto: bfloat16, float16 on GPUs without it, "
+                   "float32 on CPU)")  # fmt: skip
     return p
 
 

@@ -34,7 +34,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from pg_jax import accounting, checkpoint, config_cli, fit, metrics, optim, sharding
+from pg_jax import accounting, checkpoint, config_cli, devices, fit, metrics, optim, sharding
 from pg_jax import state as state_lib
 from pg_jax import step as step_lib
 from pg_jax.evaluators import common as evaluators
@@ -100,8 +100,7 @@ def total_steps(config, num_examples: int) -> int:
 
 def resolve_dtypes(config) -> tuple[str, str, bool]:
     """(compute dtype, frozen storage dtype, dynamic loss scaling) from the 'auto' settings."""
-    accel = jax.default_backend() in ("gpu", "tpu")
-    dtype = config.dtype if config.dtype != "auto" else ("bfloat16" if accel else "float32")
+    dtype = devices.compute_dtype(config.dtype, jax.local_devices()[0]).value
     frozen = config.frozen_dtype if config.frozen_dtype != "auto" else dtype
     scale = config.loss_scale == "dynamic" or (config.loss_scale == "auto" and dtype == "float16")
     return dtype, frozen, scale
@@ -266,7 +265,8 @@ def train(config, workdir: str, *, dry_run: bool = False) -> dict:
     log = writer.log
     log(
         f"Devices: {jax.device_count()} x {device.device_kind} ({jax.process_count()} "
-        f"process(es)), mesh {dict(mesh.shape)}; compute {dtype}, frozen weights {frozen_dtype}"
+        f"process(es)), mesh {dict(mesh.shape)}; compute {dtype} "
+        f"({devices.compute_dtype(config.dtype, device).why}), frozen weights {frozen_dtype}"
         f"{', dynamic loss scaling' if use_loss_scale else ''}."
     )
     log(

@@ -10,6 +10,8 @@ swapped from a config:
   Gemma 2 logit soft-cap. Works everywhere and is the numerical reference.
 - ``"xla"`` / ``"cudnn"``: ``jax.nn.dot_product_attention``; ``"cudnn"`` asks
   for the fused cuDNN kernel (GPU only, bf16/f16). No soft-cap support.
+- ``"auto"``: ``"cudnn"`` where the device runs it, else ``"einsum"``
+  (pg_jax.devices.attention_implementation).
 """
 
 from typing import NamedTuple
@@ -17,11 +19,13 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from pg_jax import devices
+
 # Large negative logit for masked positions. Finite (not -inf) so that a fully
 # masked row (a padding query) gives a uniform softmax instead of NaN.
 BIG_NEG = -2.3819763e38
 
-IMPLEMENTATIONS = ("einsum", "xla", "cudnn")
+IMPLEMENTATIONS = ("einsum", "xla", "cudnn", "auto")
 
 
 class KeyLengths(NamedTuple):
@@ -69,6 +73,9 @@ def attend(
     kv_heads = k.shape[2]
     if n % kv_heads:
         raise ValueError(f"{n} query heads are not a multiple of {kv_heads} kv heads")
+    implementation = devices.attention_implementation(
+        implementation, jax.devices()[0], dtype=q.dtype, softcap=softcap
+    )
 
     if implementation != "einsum":
         if softcap:
@@ -85,6 +92,9 @@ def attend(
             # own attention is faster there (H100, PaliGemma 1 3B at batch 16: 2.29 vs
             # 2.45 ms per token).
             implementation = "xla"
+        out_dtype = v.dtype
+        if implementation == "xla" and _upcast_dot_operands():
+            q, k, v = (x.astype(jnp.float32) for x in (q, k, v))
         return jax.nn.dot_product_attention(
             q,
             k,
@@ -93,13 +103,13 @@ def attend(
             scale=1.0,
             implementation=None if implementation == "xla" else "cudnn",
             **lengths,
-        )
+        ).astype(out_dtype)
 
     if isinstance(mask, KeyLengths):
         mask = mask.dense(t, k.shape[1])
 
     q = q.reshape(b, t, kv_heads, n // kv_heads, h)
-    logits = jnp.einsum("BTKGH,BSKH->BKGTS", q, k, preferred_element_type=jnp.float32)
+    logits = einsum_float32("BTKGH,BSKH->BKGTS", q, k)
     if softcap:
         logits = jnp.tanh(logits / softcap) * softcap
     if mask is not None:
@@ -107,3 +117,21 @@ def attend(
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     encoded = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v)
     return encoded.reshape(b, t, n, h)
+
+
+def _upcast_dot_operands() -> bool:
+    """Whether products with float32 results take float32 operands, not bfloat16/float16.
+
+    On the CPU backend: XLA's CPU backend converts low-precision operands to float32 anyway
+    (so the results are the same), and the one in jaxlib 0.7 fails on some bfloat16 x
+    bfloat16 -> float32 products ("UNIMPLEMENTED: Unsupported element type for
+    DotThunk::Execute") instead of converting them.
+    """
+    return jax.default_backend() == "cpu"
+
+
+def einsum_float32(eqn: str, x: jax.Array, y: jax.Array) -> jax.Array:
+    """``jnp.einsum(eqn, x, y)`` accumulated in and returned as float32, whatever the inputs."""
+    if _upcast_dot_operands():
+        x, y = x.astype(jnp.float32), y.astype(jnp.float32)
+    return jnp.einsum(eqn, x, y, preferred_element_type=jnp.float32)

@@ -119,7 +119,7 @@ class Embedder(nn.Module):
 
     def decode(self, x: jax.Array) -> jax.Array:
         table = self.input_embedding.astype(x.dtype)
-        return jnp.einsum("...D,VD->...V", x, table, preferred_element_type=jnp.float32)
+        return attention.einsum_float32("...D,VD->...V", x, table)
 
 
 class Attention(nn.Module):

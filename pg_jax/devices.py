@@ -1,0 +1,81 @@
+"""What ``auto`` picks on a device: the compute dtype and the attention implementation.
+
+Each choice is a function of one device, so that it can be tested with a fake: anything with
+jax's ``Device`` attributes ``platform`` ("cpu", "gpu", "tpu"), ``device_kind`` and, on
+NVIDIA GPUs, ``compute_capability`` (a string such as "7.5").
+"""
+
+import functools
+from typing import NamedTuple
+
+# bfloat16 arithmetic needs Ampere (8.0) or later; Kaggle's T4 is 7.5, its P100 6.0.
+BFLOAT16_MIN_CAPABILITY = 8.0
+# jax's cuDNN fused attention runs on Ampere (8.0) and later.
+CUDNN_ATTENTION_MIN_CAPABILITY = 8.0
+
+
+class Choice(NamedTuple):
+    """A resolved setting and why it was chosen (one phrase, for the logs)."""
+
+    value: str
+    why: str
+
+
+def compute_capability(device) -> float | None:
+    """An NVIDIA GPU's compute capability (7.5 for a T4); None on other devices."""
+    capability = getattr(device, "compute_capability", None)
+    return None if capability is None else float(capability)
+
+
+def compute_dtype(requested: str, device) -> Choice:
+    """The compute dtype for ``requested`` ("auto" or a dtype name) on ``device``.
+
+    auto: bfloat16 on TPUs and on GPUs that have it, float16 on GPUs without it (the trainer
+    then uses dynamic loss scaling), float32 on CPUs (XLA's CPU backend computes bfloat16
+    products in float32 anyway, so a lower precision only loses accuracy there).
+    """
+    if requested != "auto":
+        return Choice(requested, "as configured")
+    if device.platform == "tpu":
+        return Choice("bfloat16", f"auto: {device.device_kind}")
+    if device.platform == "gpu":
+        capability = compute_capability(device)
+        if capability is not None and capability < BFLOAT16_MIN_CAPABILITY:
+            return Choice("float16", f"auto: {device.device_kind} has no bfloat16")
+        return Choice("bfloat16", f"auto: {device.device_kind}")
+    return Choice("float32", f"auto: float32 on {device.platform}")
+
+
+def attention_implementation(requested: str, device, *, dtype, softcap: float = 0.0) -> str:
+    """The attention implementation for ``requested`` (see pg_jax.models.attention).
+
+    auto: cuDNN's fused kernel on GPUs that run it (compute capability 8.0 or later, a
+    bfloat16/float16 ``dtype``, an installed cuDNN that jax can use, no logit soft-cap), else
+    the plain einsums, which run everywhere.
+    """
+    import jax.numpy as jnp
+
+    if requested != "auto":
+        return requested
+    if softcap or jnp.dtype(dtype).name not in ("bfloat16", "float16") or device.platform != "gpu":
+        return "einsum"
+    capability = compute_capability(device)
+    if capability is None or capability < CUDNN_ATTENTION_MIN_CAPABILITY:
+        return "einsum"
+    return "cudnn" if cudnn_attention_available(device.device_kind) else "einsum"
+
+
+@functools.cache
+def cudnn_attention_available(device_kind: str) -> bool:
+    """Whether jax's cuDNN fused attention compiles here (jax checks the cuDNN version)."""
+    del device_kind  # the cache key: one compile per kind of GPU
+    import jax
+    import jax.numpy as jnp
+
+    q = jax.ShapeDtypeStruct((1, 128, 1, 64), jnp.bfloat16)
+    attend = functools.partial(jax.nn.dot_product_attention, implementation="cudnn")
+    try:
+        jax.jit(attend).lower(q, q, q).compile()
+    except Exception:  # noqa: BLE001 - any refusal (no cuDNN, too old, no GPU) means "no"
+        return False
+    return True

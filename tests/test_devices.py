@@ -1,0 +1,88 @@
+"""What `auto` picks per device (fake devices), and bfloat16 products on the CPU backend."""
+
+import types
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from pg_jax import devices, train
+from pg_jax.models import attention, gemma
+
+
+def _gpu(kind, capability):
+    return types.SimpleNamespace(platform="gpu", device_kind=kind, compute_capability=capability)
+
+
+T4, P100, A100 = _gpu("Tesla T4", "7.5"), _gpu("Tesla P100-PCIE-16GB", "6.0"), _gpu("A100", "8.0")
+TPU = types.SimpleNamespace(platform="tpu", device_kind="TPU v5 lite")
+CPU = types.SimpleNamespace(platform="cpu", device_kind="cpu")
+
+
+@pytest.mark.parametrize("device,want", [(T4, "float16"), (P100, "float16"), (A100, "bfloat16"),
+                                         (TPU, "bfloat16"), (CPU, "float32")])
+def test_auto_compute_dtype(device, want):
+    assert devices.compute_dtype("auto", device).value == want
+    assert devices.compute_dtype("float32", device) == ("float32", "as configured")
+
+
+def test_auto_dtype_says_why():
+    assert devices.compute_dtype("auto", T4).why == "auto: Tesla T4 has no bfloat16"
+
+
+def test_trainer_uses_float16_with_loss_scaling_on_a_t4(monkeypatch):
+    monkeypatch.setattr(jax, "local_devices", lambda: [T4])
+    config = ml_collections.ConfigDict(dict(dtype="auto", frozen_dtype="auto", loss_scale="auto"))
+    assert train.resolve_dtypes(config) == ("float16", "float16", True)
+
+
+def test_auto_attention(monkeypatch):
+    monkeypatch.setattr(devices, "cudnn_attention_available", lambda kind: True)
+    assert devices.attention_implementation("auto", A100, dtype=jnp.bfloat16) == "cudnn"
+    assert devices.attention_implementation("auto", A100, dtype="float16") == "cudnn"
+    # cuDNN's kernel: no soft-cap (PaliGemma 2), no float32, not before compute capability 8.0.
+    assert devices.attention_implementation("auto", A100, dtype="bfloat16", softcap=50.0) == (
+        "einsum"
+    )
+    assert devices.attention_implementation("auto", A100, dtype=jnp.float32) == "einsum"
+    for device in (T4, P100, TPU, CPU):
+        assert devices.attention_implementation("auto", device, dtype="bfloat16") == "einsum"
+    assert devices.attention_implementation("xla", T4, dtype="float32") == "xla"
+    monkeypatch.setattr(devices, "cudnn_attention_available", lambda kind: False)
+    assert devices.attention_implementation("auto", A100, dtype="bfloat16") == "einsum"
+
+
+def test_no_cudnn_attention_on_cpu():
+    assert not devices.cudnn_attention_available("cpu")
+
+
+def _dot_operand_dtypes(fn, *args):
+    jaxpr = jax.make_jaxpr(fn)(*args).jaxpr
+    return [tuple(str(v.aval.dtype) for v in e.invars) for e in jaxpr.eqns
+            if e.primitive.name == "dot_general"]
+
+
+def test_float32_products_take_float32_operands_on_cpu():
+    # jaxlib 0.7's CPU backend fails on bfloat16 x bfloat16 -> float32 products (UNIMPLEMENTED
+    # DotThunk): the attention logits and the output logits must reach XLA as float32 x float32.
+    q = jnp.ones((1, 4, 2, 8), jnp.bfloat16)
+    logits, encoded = _dot_operand_dtypes(lambda q: attention.attend(q, q, q, None), q)
+    assert logits == ("float32", "float32")
+    assert encoded == ("bfloat16", "bfloat16")  # the bfloat16 result stays a bfloat16 product
+    embedder = gemma.Embedder(vocab_size=16, width=8)
+    table = embedder.init(jax.random.PRNGKey(0), q[0, :, 0], method="decode")
+    x = jnp.ones((2, 3, 8), jnp.bfloat16)
+    assert _dot_operand_dtypes(lambda x: embedder.apply(table, x, method="decode"), x) == [
+        ("float32", "float32")
+    ]
+    xla = jax.jit(lambda q: attention.attend(q, q, q, None, implementation="xla"))(q)
+    assert xla.dtype == jnp.bfloat16
+
+
+def test_auto_attention_is_einsum_on_cpu():
+    q = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 4, 8))
+    mask = jnp.tril(jnp.ones((5, 5), bool))[None].repeat(2, 0)
+    np.testing.assert_array_equal(attention.attend(q, q, q, mask, implementation="auto"),
+                                  attention.attend(q, q, q, mask, implementation="einsum"))
