@@ -11,7 +11,14 @@ demo_tiny_pg1_112.npz, as a real run fine-tunes a released PaliGemma::
   reads this kind of page by position ("Title?", "Line 2?") but has never seen a DocVQA
   question; the fine-tuning teaches it that "What is the total?" is the value next to "Total"
   and that "What type of document is this?" is the title in lower case.
-  DEMO_NUMBERS_TBD
+  Measured 2026-12-01 (the 2-core CPU, shared: load average 4.8 at the start, 4.6 at the end):
+  2 min 1 s in all with an empty cache, generating the synthetic set (~27 s) included, 150
+  attention-only steps of 16. On 256 held-out synthetic questions ANLS goes 0.44 -> 0.29
+  against 0.15 for the image-blind "always 'invoice'" baseline: page type ("layout")
+  0.88 -> 0.55, field values ("form") 0.00 -> 0.02, perplexity 1948 -> 3.8. That is, the
+  fine-tuning learns the answer format but not yet to read the values, and costs page-type
+  accuracy (lr 3e-4 instead of 1e-3: 0.16 after): the shipped checkpoint reads values only
+  partly (see scripts/make_demo_checkpoint.py). The goal, not reached yet, is >= 0.80.
 
 Real run (PaliGemma 1 3B at 448 px, one 16 GB card, attention-only, frozen weights in bf16/f16)::
 

@@ -41,7 +41,8 @@ No checkpoint and no data configured: running the EMBEDDED DEFAULT.
   model: a tiny PaliGemma ({variant}, real architecture) at {res} px, pretrained to read this
   kind of page (the shipped {ckpt}), but new to DocVQA questions;
   data: the synthetic DocVQA set ({data}), tokenizer: the small project tokenizer.
-  It fine-tunes only llm/layers/attn/*, as you would from a released checkpoint.
+  It fine-tunes only llm/layers/attn/*, as you would from a released checkpoint, and writes
+  {workdir}/docvqa_val.html (answers beside their pages) and {workdir}/training_curve.png.
 To train on real files:
   python -m pg_jax.train --workdir DIR --config configs/docvqa.py:res=448,\\
 ckpt=paligemma-3b-pt-448.npz,tokenizer=paligemma_tokenizer.model,data=/data/docvqa_448"""
@@ -122,6 +123,7 @@ def train(config, workdir: str) -> dict:
                 res=config.input.res,
                 data=f"{config.synthetic} difficulty",
                 ckpt=config.model_init,
+                workdir=workdir,
             ),
             flush=True,
         )

@@ -51,10 +51,9 @@ def test_demo_pretrain_config():
     cfg = demo_pretrain.get_config("steps=7")
     assert cfg.model_init == "" and cfg.freeze == "full" and cfg.total_steps == 7
     assert cfg.schedule == [(".*", dict(cfg.schedule[0][1]))] and cfg.synthetic == "demo_read"
-    # The demo's architecture and input shapes: the checkpoint fits the demo it is made for.
+    # The demo's architecture and image size: the checkpoint fits the demo it is made for.
     demo = docvqa.get_config()
-    assert (cfg.model_name, cfg.input.res, cfg.input.text_len) == (
-        demo.model_name, demo.input.res, demo.input.text_len)
+    assert (cfg.model_name, cfg.input.res) == (demo.model_name, demo.input.res)
     cfg.to_json_best_effort()
 
 
