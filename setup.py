@@ -45,7 +45,7 @@ setuptools.setup(
     version="0.1.0",
     description="Fine-tune PaliGemma 1 and 2 on document VQA with JAX/Flax.",
     packages=setuptools.find_packages(include=["pg_jax", "pg_jax.*"]),
-    package_data={"pg_jax": ["assets/*.model"]},
+    package_data={"pg_jax": ["assets/*.model", "assets/*.npz"]},
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES + DATA_REQUIRES,
     extras_require={"test": TEST_REQUIRES, "gpu": ["jax[cuda12]>=0.7.2"]},

@@ -1,20 +1,24 @@
 r"""PaliGemma attention-only fine-tuning on DocVQA (big_vision's DocVQA transfer, adapted).
 
 Embedded default (no checkpoint, no data): a tiny PaliGemma of the real architecture, the project
-tokenizer and the synthetic DocVQA set (generated on first use), in two stages like the real
-flow: a short full "pretraining" that writes a big_vision .npz, then attention-only fine-tuning
-from it::
+tokenizer and the synthetic DocVQA set (generated on first use, in the real DocVQA file format),
+fine-tuned attention-only from the shipped pretrained checkpoint pg_jax/assets/
+demo_tiny_pg1_112.npz, as a real run fine-tunes a released PaliGemma::
 
     python -m pg_jax.train --config configs/docvqa.py --workdir /tmp/pg_demo
 
-  Hardware: a 2-core CPU (no GPU), shared with other jobs. Wall-clock: about 3-5 minutes
-  including generating the synthetic set (see the report of the run). Expected (stop-gap decode
-  check on 256 held-out synthetic questions): ANLS 0.00 at random init, 0.50 after training,
-  against 0.148 for the image-blind "always 'invoice'" baseline. The 0.50 is the page-type
-  half of the questions, read from the page; the two-digit field values are NOT read yet at
-  this budget (the tiny model from scratch plateaus on them for hundreds more steps), so the
-  attention-only stage shows up in perplexity (2119 -> 10), not in ANLS. Measured 2026-11-27:
-  2 min 48 s on the 2-core CPU, first run (synthetic set generated), 400 + 150 steps of 16.
+  The checkpoint (made by scripts/make_demo_checkpoint.py, recipe in configs/demo_pretrain.py)
+  reads this kind of page by position ("Title?", "Line 2?") but has never seen a DocVQA
+  question; the fine-tuning teaches it that "What is the total?" is the value next to "Total"
+  and that "What type of document is this?" is the title in lower case.
+  Measured 2026-12-01 (the 2-core CPU, shared: load average 4.6 at the start, 3.7 at the end):
+  2 min 58 s in all with an empty cache, generating the synthetic set (~27 s) included, 400
+  attention-only steps of 16. On 256 held-out synthetic questions ANLS goes 0.44 -> 0.52
+  against 0.15 for the image-blind "always 'invoice'" baseline: page type ("layout")
+  0.88 -> 1.00, field values ("form") 0.00 -> 0.05, perplexity 1948 -> 2.3. The fine-tuning
+  learns the questions, but the shipped checkpoint reads the values only partly (see
+  scripts/make_demo_checkpoint.py), so the field values are mostly wrong; the goal (>= 0.80,
+  >= 0.70 on "form") is not reached. 150 steps: 0.29 (page type lost, values not learned).
 
 Real run (PaliGemma 1 3B at 448 px, one 16 GB card, attention-only, frozen weights in bf16/f16)::
 
@@ -27,10 +31,12 @@ tokenizer=/ckpt/paligemma_tokenizer.model,data=/data/docvqa_train_448
   ``data`` is a prepare_data cache, an HF parquet directory or the original JSON release (the
   reader is chosen by what is there; with ``cache_dir=DIR`` a raw source is prepared into DIR on
   first use and read from there afterwards; ``data=random`` trains on random batches, to
-  measure speed on a machine without data or TensorFlow). Arguments (``:key=value,...``): res, variant (no ckpt
-  only), ckpt, tokenizer, data, cache_dir, eval_data, freeze (attn | full | llm | vit_frozen), mode
+  measure speed on a machine without data or TensorFlow). Arguments (``:key=value,...``): res,
+  variant (no ckpt only; the demo with another variant or res starts from random init), ckpt,
+  tokenizer, data, cache_dir, eval_data, freeze (attn | full | llm | vit_frozen), mode
   (full | runlocal), text_len, dtype (auto | bfloat16 | float16 | float32), sharding (replicate |
-  fsdp). Leaf overrides:
+  fsdp), synthetic_pages (train pages of the set generated when no data is given; 2000). Leaf
+  overrides:
   ``--config.lr=3e-5 --config.input.batch_size=16``.
 """
 
@@ -40,12 +46,13 @@ import os
 
 import ml_collections
 
+import pg_jax
 from configs.common import parse_arg
 
 # The structural arguments (``configs/docvqa.py:key=value,...``) and their defaults.
 CONFIG_ARGS = dict(
     res=0,
-    variant="tiny_pg1",
+    variant="",
     ckpt="",
     tokenizer="",
     data="",
@@ -56,17 +63,19 @@ CONFIG_ARGS = dict(
     text_len=0,
     dtype="auto",
     sharding="replicate",
+    synthetic_pages=2000,
 )
 
 # Embedded-default settings: tuned to learn visibly in a few minutes on a 2-core CPU.
 DEMO_RES = 112
 DEMO_TEXT_LEN = 16
-# Steps of the two demo stages (full pretraining, then attention-only fine-tuning).
-DEMO_PRETRAIN_STEPS = 400
-DEMO_FINETUNE_STEPS = 150
+DEMO_FINETUNE_STEPS = 400
+# The demo's starting point: tiny_pg1 at DEMO_RES, pretrained to read this kind of page (not to
+# answer DocVQA questions) by scripts/make_demo_checkpoint.py; bfloat16, big_vision layout.
+DEMO_CHECKPOINT = os.path.join(os.path.dirname(pg_jax.__file__), "assets", "demo_tiny_pg1_112.npz")
 
 
-def _data_source(path: str, split: str) -> dict:
+def _data_source(path: str, split: str, synthetic_pages: int = 2000) -> dict:
     """A data.get(...) spec for a path: prepared cache, HF parquet dir or DocVQA JSON release
     ("random": random batches, for measuring speed without data; see pg_jax.data.random_batches).
     """
@@ -77,6 +86,7 @@ def _data_source(path: str, split: str) -> dict:
             "name": "docvqa_json",
             "path": "synthetic",
             "split": split,
+            "num_pages": synthetic_pages,
         }  # resolved by the trainer
     if os.path.exists(os.path.join(path, "manifest.json")):
         return {"name": "docvqa_prepared", "path": path}
@@ -90,7 +100,7 @@ def _data_source(path: str, split: str) -> dict:
 def training_data(c) -> ml_collections.ConfigDict:
     """The input section: source, preprocessing and batching."""
     inp = ml_collections.ConfigDict()
-    inp.data = _data_source(c.data, "train")
+    inp.data = _data_source(c.data, "train", c.synthetic_pages)
     inp.res = c.res
     inp.text_len = c.text_len
     inp.prompt = "{question}"  # big_vision's DocVQA prompt (HF recipes: "answer en {question}")
@@ -105,7 +115,7 @@ def training_data(c) -> ml_collections.ConfigDict:
 def add_evals(c, cfg) -> None:
     """Held-out perplexity and the ANLS decode evaluator (with an image-blind baseline)."""
     split = "val"
-    data = _data_source(c.eval_data or c.data, split)
+    data = _data_source(c.eval_data or c.data, split, c.synthetic_pages)
     limit = 16 if c.mode == "runlocal" else (256 if c.demo else None)
     if limit:
         data["limit"] = limit
@@ -130,6 +140,8 @@ def add_evals(c, cfg) -> None:
         "text_len": c.text_len,
         "batch_size": 64 if c.demo else 16,
         "max_decode_len": 8 if c.demo else c.text_len,
+        # The demo's HTML report: each held-out question with its page, worst first.
+        "report": c.demo,
         # Prints what an image-blind model (the most common training answer) scores.
         "baseline_data": training_data(c).data.to_dict(),
     }
@@ -153,6 +165,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if c.sharding not in ("replicate", "fsdp"):
         raise ValueError(f"sharding={c.sharding!r}: expected replicate or fsdp")
     c.demo = not c.ckpt and not c.data
+    # The demo starts from the shipped checkpoint, unless another architecture is asked for.
+    from_demo_checkpoint = c.demo and not c.variant and c.res in (0, DEMO_RES)
+    c.variant = c.variant or "tiny_pg1"
     c.res = c.res or (DEMO_RES if c.demo else 224)
     c.text_len = c.text_len or (DEMO_TEXT_LEN if c.demo else 32)
 
@@ -163,7 +178,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     cfg.demo = c.demo
 
     # Model: from a checkpoint (architecture read off its shapes) or a named variant, random init.
-    cfg.model_init = c.ckpt
+    cfg.model_init = DEMO_CHECKPOINT if from_demo_checkpoint else c.ckpt
     cfg.model_name = c.variant
     cfg.tokenizer = c.tokenizer  # "" = the small project tokenizer
     cfg.dtype = c.dtype  # auto: bfloat16, float16 on GPUs without it (T4, P100), float32 on CPU
@@ -221,27 +236,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if random_data:
         cfg.evals = {}  # random tokens have nothing to evaluate
 
-    # The demo's first stage: full training from random init, written as a big_vision .npz that
-    # the second (attention-only) stage loads like a released checkpoint.
-    cfg.pretrain = None
-    if c.demo:
-        pre = ml_collections.ConfigDict(cfg.to_dict())
-        pre.pretrain = None
-        pre.demo = False  # no banner, no before/after table for the first stage
-        pre.schedule = _schedule("full", {"decay_type": "cosine", "warmup_percent": 0.04})
-        pre.total_steps = 2 if c.mode == "runlocal" else DEMO_PRETRAIN_STEPS
-        pre.lr = 2e-3
-        # Pretraining task: the page-type question only. It is coarse enough for a tiny model
-        # to learn from scratch in a few hundred CPU steps (mixed with the digit questions it
-        # plateaus for longer than the demo's budget); the DocVQA mix comes in stage 2.
-        pre.input.data["question_types"] = ["layout"]
-        # Decode accuracy of the random init and of the pretrained model; no perplexity.
-        pre.evals = {k: v for k, v in cfg.evals.to_dict().items() if "pplx" not in k}
-        pre.export_hf = False
-        pre.eval_at_start = True
-        pre.ckpt_steps = 200
-        cfg.pretrain = pre
-        cfg.model_init = "{workdir}/pretrain/params.npz"
     return cfg
 
 

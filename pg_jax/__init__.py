@@ -6,7 +6,15 @@ Public entry points:
   pg_jax.decoding_params(model, params) -> params      convert once for many decode calls
 """
 
-from pg_jax.decode import decode, decoding_params
-from pg_jax.models.loader import load
+import os
+
+# TensorFlow (only the input pipeline uses it) prints a oneDNN notice and absl start-up lines
+# on import, and C++ INFO logs while reading data. Quiet by default, before any pg_jax module
+# can import it; a value the user set wins.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+from pg_jax.decode import decode, decoding_params  # noqa: E402
+from pg_jax.models.loader import load  # noqa: E402
 
 __all__ = ["decode", "decoding_params", "load"]

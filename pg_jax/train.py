@@ -4,7 +4,7 @@ Wiring only: the loss and update are in `pg_jax.step`, the optimizer in
 `pg_jax.optim`, sharding in `pg_jax.sharding`, checkpoints in `pg_jax.checkpoint`. `main` reads
 the absl flags and calls `train(config, workdir)`, which reads top to bottom:
 
-  pretrain stage -> workdir -> mesh -> model & params -> optimizer -> data -> compile ->
+  workdir -> mesh -> model & params -> optimizer -> data -> compile ->
   resume -> evaluators -> train loop -> final export.
 
 Exit status: 0 when the run is complete (a rerun of a complete run does nothing and exits 0);
@@ -54,10 +54,11 @@ _DRY_RUN = flags.DEFINE_bool(
 
 DEMO_BANNER = """\
 No checkpoint and no data configured: running the EMBEDDED DEFAULT.
-  model: a tiny PaliGemma ({variant}, real architecture, random init) at {res} px,
+  model: a tiny PaliGemma ({variant}, real architecture) at {res} px, pretrained to read this
+  kind of page (the shipped {ckpt}), but new to DocVQA questions;
   data: the synthetic DocVQA set ({data}), tokenizer: the small project tokenizer.
-  Stage 1 trains it fully and writes {workdir}/pretrain/params.npz; stage 2 fine-tunes only
-  llm/layers/attn/* from that file, as you would from a released checkpoint.
+  It fine-tunes only llm/layers/attn/*, as you would from a released checkpoint, and writes
+  {workdir}/docvqa_val.html (answers beside their pages) and {workdir}/training_curve.png.
 To train on real files:
   python -m pg_jax.train --workdir DIR --config configs/docvqa.py:res=448,\\
 ckpt=paligemma-3b-pt-448.npz,tokenizer=paligemma_tokenizer.model,data=/data/docvqa_448"""
@@ -133,9 +134,6 @@ def train(config, workdir: str, *, dry_run: bool = False) -> dict:
       The final evaluation results and run statistics, {name: value}.
     """
     t_start = time.time()
-    # ------------------------------------------------------------------------------------------
-    # Stage 0: the demo's pretraining writes the checkpoint that this run starts from.
-    # ------------------------------------------------------------------------------------------
     os.makedirs(workdir, exist_ok=True)
     if config.demo and jax.process_index() == 0:
         print(
@@ -143,17 +141,12 @@ def train(config, workdir: str, *, dry_run: bool = False) -> dict:
                 variant=config.model_name,
                 res=config.input.res,
                 data=f"{config.synthetic} difficulty",
+                ckpt=config.model_init,
                 workdir=workdir,
             ),
             flush=True,
         )
-    init_path = config.model_init.format(workdir=workdir)
-    if config.pretrain is not None and not os.path.exists(init_path):
-        pre_dir = os.path.join(workdir, "pretrain")
-        print(f"== Stage 1: full training of the tiny model -> {init_path}", flush=True)
-        if "preempted_at" in train(config.pretrain, pre_dir):
-            return {"preempted_at": -1}  # rerun to resume the first stage
-        print("== Stage 2: attention-only fine-tuning from it", flush=True)
+    init_path = config.model_init
 
     # ------------------------------------------------------------------------------------------
     # Workdir: resolved config, writer.
@@ -466,6 +459,7 @@ def train(config, workdir: str, *, dry_run: bool = False) -> dict:
         params_out = jax.tree.map(
             lambda x: multihost_utils.process_allgather(x, tiled=True), params_out
         )
+    curve = None
     if jax.process_index() == 0:
         written = []
         if config.export_npz:
@@ -489,8 +483,12 @@ def train(config, workdir: str, *, dry_run: bool = False) -> dict:
             log(f"Wrote {', '.join(written)}.")
     summary = {**results, "wall_clock_s": time.time() - t_start, "steps": steps_total}
     _print_summary(log, results_before, results, summary, evals)
-    if config.pretrain is not None:
-        _print_demo_recap(log, os.path.join(workdir, "pretrain", "summary.json"), summary)
+    # Last lines: where to look (the evaluation report with page thumbnails, the curve).
+    for prefix, (ev, _) in evals.items():
+        if getattr(ev, "outputs", {}).get("report"):
+            log(f"Evaluation report ({prefix}): {ev.outputs['report']}")
+    if curve:
+        log(f"Training curve: {curve}")
     _write_summary(summary_path, results_before, summary)
     writer.close()
     return summary
@@ -541,20 +539,6 @@ def _print_summary(log, before: dict, after: dict, summary: dict, evals: dict) -
                 f"  image-blind baseline (always {ev.baseline_answer!r}): "
                 f"{prefix}/anls = {before.get(prefix + '/baseline_anls', float('nan')):.4f}"
             )
-    log("\n".join(lines))
-
-
-def _print_demo_recap(log, pretrain_summary: str, final: dict) -> None:
-    """The embedded demo's story in one table: random init -> stage 1 -> stage 2."""
-    if not os.path.exists(pretrain_summary):
-        return
-    with open(pretrain_summary) as f:
-        stage1 = json.load(f)
-    lines = ["Embedded demo, held-out synthetic questions: random init -> pretrained -> fine-tuned"]
-    for k in sorted(final):
-        if k.endswith(("/anls", "/exact_match", "/baseline_anls")) or "/anls/" in k:
-            start, mid = stage1["before"].get(k, float("nan")), stage1["after"].get(k, float("nan"))
-            lines.append(f"  {k}: {start:.4f} -> {mid:.4f} -> {final[k]:.4f}")
     log("\n".join(lines))
 
 

@@ -10,7 +10,7 @@ CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file
 CONFIGS = sorted(
     os.path.basename(p)[:-3]
     for p in glob.glob(os.path.join(CONFIG_DIR, "*.py"))
-    if not p.endswith(("common.py", "__init__.py"))
+    if not p.endswith(("common.py", "__init__.py", "demo_pretrain.py"))
 )
 
 
@@ -30,13 +30,49 @@ def test_demo_defaults():
     from configs import docvqa
 
     cfg = docvqa.get_config()
-    assert cfg.demo and cfg.pretrain is not None and cfg.model_init.endswith("params.npz")
+    # One attention-only fine-tuning run from the shipped pretrained checkpoint.
+    assert cfg.demo and cfg.model_init == docvqa.DEMO_CHECKPOINT and "pretrain" not in cfg
     assert cfg.schedule[0][0] == "llm/layers/attn/.*" and cfg.schedule[-1] == (
         ".*",
         None,
     )
+    assert cfg.evals["docvqa/val"]["report"] and cfg.eval_at_start
+    # Another architecture than the shipped one's starts from random init.
+    assert docvqa.get_config("variant=tiny_pg2").model_init == ""
+    assert docvqa.get_config("res=224").model_init == ""
     real = docvqa.get_config("ckpt=/c.npz,data=/d")
-    assert not real.demo and real.pretrain is None and real.lr == 1e-5
+    assert not real.demo and real.lr == 1e-5 and real.model_init == "/c.npz"
+    assert not real.evals["docvqa/val"]["report"]
+
+
+def test_demo_pretrain_config():
+    from configs import demo_pretrain, docvqa
+
+    cfg = demo_pretrain.get_config("steps=7")
+    assert cfg.model_init == "" and cfg.freeze == "full" and cfg.total_steps == 7
+    assert cfg.schedule == [(".*", dict(cfg.schedule[0][1]))] and cfg.synthetic == "demo_read"
+    # The demo's architecture and image size: the checkpoint fits the demo it is made for.
+    demo = docvqa.get_config()
+    assert (cfg.model_name, cfg.input.res) == (demo.model_name, demo.input.res)
+    cfg.to_json_best_effort()
+
+
+def test_shipped_demo_checkpoint_is_the_scripts():
+    """The .npz in the package is the file scripts/make_demo_checkpoint.py recorded making."""
+    import sys
+
+    import pg_jax
+    from configs import docvqa
+
+    sys.path.insert(0, os.path.join(os.path.dirname(CONFIG_DIR), "scripts"))
+    import make_demo_checkpoint
+
+    assert make_demo_checkpoint.ASSET == docvqa.DEMO_CHECKPOINT
+    assert make_demo_checkpoint.sha256(docvqa.DEMO_CHECKPOINT) == (
+        make_demo_checkpoint.RECORDED_SHA256)
+    model, params = pg_jax.load(docvqa.DEMO_CHECKPOINT)
+    assert model.img["image_size"] == docvqa.DEMO_RES and model.llm["depth"] == 4
+    assert str(params["llm"]["embedder"]["input_embedding"].dtype) == "bfloat16"
 
 
 @pytest.mark.parametrize(

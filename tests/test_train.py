@@ -140,3 +140,36 @@ def test_sigterm_saves_and_exits_cleanly_then_resumes(synth, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert "(step 3)" in _read(os.path.join(wd, "train.log"))
     assert os.path.exists(os.path.join(wd, "params.npz"))
+
+
+def test_shortened_demo_fine_tunes_the_shipped_checkpoint(tmp_path):
+    """The embedded default, shortened (2 steps, 16 held-out questions, 30 synthetic pages):
+    it generates its set, fine-tunes the shipped checkpoint's attention only, and writes the
+    evaluation report with page thumbnails and the training curve."""
+    wd = str(tmp_path / "demo")
+    env = dict(ENV, PG_JAX_CACHE=str(tmp_path / "cache"))
+    env.pop("TF_CPP_MIN_LOG_LEVEL")  # the project quiets TensorFlow by itself
+    config = "configs/docvqa.py:mode=runlocal,synthetic_pages=30"
+    out = subprocess.run(
+        [sys.executable, "-m", "pg_jax.train", "--config", config, "--workdir", wd,
+         "--config.export_hf=false"],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "Generating the synthetic DocVQA set (demo, 30 train pages)" in out.stdout
+    assert "demo_tiny_pg1_112.npz" in _read(os.path.join(wd, "train.log"))
+    assert "oneDNN" not in out.stderr and "absl::InitializeLog" not in out.stderr
+    with open(os.path.join(wd, "docvqa_val.html")) as f:
+        assert "<img" in f.read()
+    assert os.path.getsize(os.path.join(wd, "training_curve.png")) > 0
+    # Attention-only: the exported weights differ from the shipped ones exactly there.
+    import pg_jax
+    from configs import docvqa
+    from pg_jax import optim
+
+    _, before = pg_jax.load(docvqa.DEMO_CHECKPOINT)
+    _, after = pg_jax.load(os.path.join(wd, "params.npz"))
+    before, after = optim.flatten(before), optim.flatten(after)
+    changed = {k for k in before if not np.array_equal(
+        np.asarray(before[k], np.float32), np.asarray(after[k], np.float32))}
+    assert changed and all(k.startswith("llm/layers/attn/") for k in changed), sorted(changed)

@@ -33,6 +33,7 @@ import random
 import shutil
 import time
 
+import tqdm
 from PIL import Image, ImageDraw, ImageFont
 
 # Splits in the HF naming; the original release calls the validation folder "val".
@@ -177,6 +178,9 @@ _FIELDS = {
     ],
 }
 _DOC_TYPES = ("invoice", "form", "receipt", "letter", "table")
+# "demo": the trainer's embedded default (see _demo_spec); "demo_read": the pretraining task of
+# its shipped checkpoint (see _demo_read_spec).
+DIFFICULTIES = ("easy", "hard", "demo", "demo_read")
 
 
 def _page_spec(rng: random.Random, difficulty: str) -> PageSpec:
@@ -184,6 +188,8 @@ def _page_spec(rng: random.Random, difficulty: str) -> PageSpec:
     hard = difficulty == "hard"
     if difficulty == "demo":
         return _demo_spec(rng)
+    if difficulty == "demo_read":
+        return _demo_read_spec(rng)
     doc_type = rng.choice(_DOC_TYPES)
     title = doc_type.upper()
     # Half the pages also ask for the document type: its answer varies by page too.
@@ -241,6 +247,26 @@ def _demo_spec(rng: random.Random) -> PageSpec:
     return PageSpec(doc_type, doc_type.upper(), lines, qas)
 
 
+def _demo_read_spec(rng: random.Random) -> PageSpec:
+    """The demo checkpoint's pretraining task: reading the demo's pages, OCR-style.
+
+    The same pages as ``_demo_spec`` (same layout, same value distribution), but no DocVQA
+    question: "ocr" asks for the title and the three values in reading order ("INVOICE 61 80
+    83"; seven tokens to read per page, the signal that gets a tiny model from scratch past the
+    plateau where it ignores the image), and one positional question per page, "Title?" or
+    "Line 2?" (the value on field line 2). A model trained on it reads pages but has never seen
+    "What is the total?": that "total" means the value next to "Total", and that the document
+    type is its title, is what the demo's fine-tuning has to teach.
+    """
+    spec = _demo_spec(rng)
+    values = [line.split(": ")[1] for line in spec.lines]
+    positional = [QA("Title?", [spec.title], ["layout"])] + [
+        QA(f"Line {i}?", [v], ["form"]) for i, v in enumerate(values, 1)
+    ]
+    qas = [QA("ocr", [" ".join([spec.title, *values])], ["others"]), rng.choice(positional)]
+    return dataclasses.replace(spec, qas=qas)
+
+
 # ---------------------------------------------------------------------------------------------
 # Rendering. PIL's embedded default font (FreeType, Pillow >= 10.1) keeps pages identical on
 # every machine with the same Pillow, unlike system fonts.
@@ -257,20 +283,18 @@ def _font(size: int) -> ImageFont.FreeTypeFont:
 
 def _render(spec: PageSpec, rng: random.Random, difficulty: str) -> Image.Image:
     """Draws a page: a title, then one line per field (or a two-column table)."""
+    if difficulty in ("demo", "demo_read"):
+        return _render_demo(spec)
     hard = difficulty == "hard"
     w, h = (850, 1100) if hard else (448, 448)
-    size = rng.randint(18, 26) if hard else (52 if difficulty == "demo" else 34)
+    size = rng.randint(18, 26) if hard else 34
     img = Image.new("L" if hard else "RGB", (w, h), 255 if hard else (255, 255, 255))
     draw = ImageDraw.Draw(img)
     x0 = rng.randint(20, 60) if hard else rng.randint(16, 40)
     y = rng.randint(20, 80) if hard else rng.randint(12, 30)
-    if difficulty == "demo":  # a fixed layout: see _demo_spec
-        x0, y = 24, 20
     draw.text((x0, y), spec.title, font=_font(size + 8), fill=0, stroke_width=1, stroke_fill=0)
     y += size + 8 + rng.randint(20, 40 if hard else 28)
     step = size + (rng.randint(8, 30) if hard else rng.randint(22, 36))
-    if difficulty == "demo":  # Three very large lines at fixed places on the 448 px page.
-        y, step = 20 + 60 + 24, size + 26
     if spec.table is not None:
         draw.text((x0, y), "Item", font=_font(size), fill=0)
         col = x0 + (w - 2 * x0) // 2
@@ -291,6 +315,29 @@ def _render(spec: PageSpec, rng: random.Random, difficulty: str) -> Image.Image:
         px = img.load()
         for _ in range(400):
             px[rng.randrange(w), rng.randrange(h)] = rng.randint(0, 200)
+    return img
+
+
+# The demo page is seen at 112 px through 14 px patches: one patch is 56 page pixels.
+_DEMO_PATCH = 56
+
+
+def _render_demo(spec: PageSpec) -> Image.Image:
+    """A standard form (see _demo_spec): the title, then one row per field, values large.
+
+    Each value is printed so that its two digits fill two patch columns of the 112 px image
+    (size 96: ~56 page px per digit) in a fixed patch row, next to its label in normal print;
+    a tiny ViT trained from scratch learns to read digits of that size in minutes on a CPU,
+    where the same digits at half the size were still at chance after 550 steps.
+    """
+    img = Image.new("RGB", (448, 448), (255, 255, 255))
+    draw = ImageDraw.Draw(img)
+    draw.text((24, 8), spec.title, font=_font(48), fill=0, stroke_width=1, stroke_fill=0)
+    for row, line in enumerate(spec.lines):
+        label, value = line.split(": ")
+        top = (2 * row + 2) * _DEMO_PATCH - 26  # the digits' ink starts ~26 px below `top`
+        draw.text((24, top + 30), f"{label}:", font=_font(40), fill=0)
+        draw.text((5 * _DEMO_PATCH, top), value, font=_font(96), fill=0)
     return img
 
 
@@ -453,6 +500,7 @@ def generate(
     fmt: str = "both",
     difficulty: str = "easy",
     workers: int | None = None,
+    progress: bool = False,
 ) -> dict:
     """Generates the synthetic set into `out`.
 
@@ -463,13 +511,14 @@ def generate(
       fmt: "docvqa-json", "hf-parquet" or "both".
       difficulty: "easy", "hard" or "demo" (the trainer's embedded default, see _demo_spec).
       workers: rendering processes (default: CPU count).
+      progress: a progress bar per split (pages rendered).
 
     Returns:
       A summary dict (also written to `{out}/DONE.json`).
     """
     if fmt not in ("docvqa-json", "hf-parquet", "both"):
         raise ValueError(f"Unknown format {fmt!r}.")
-    if difficulty not in ("easy", "hard", "demo"):
+    if difficulty not in DIFFICULTIES:
         raise ValueError(f"Unknown difficulty {difficulty!r}.")
     t0 = time.time()
     os.makedirs(out, exist_ok=True)
@@ -484,13 +533,21 @@ def generate(
     }
     for split_index, split in enumerate(SPLITS):
         jobs = [(seed, split, i, difficulty) for i in range(sizes[split])]
+        bar = tqdm.tqdm(total=len(jobs), desc=f"  {split} pages", disable=not progress)
         if workers > 1 and len(jobs) > 50:
             # "spawn": callers such as the trainer have JAX (multithreaded) loaded; fork deadlocks.
             ctx = multiprocessing.get_context("spawn")
             with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as ex:
-                pages = list(ex.map(_page_job, jobs, chunksize=32))
+                pages = []
+                for page in ex.map(_page_job, jobs, chunksize=32):
+                    pages.append(page)
+                    bar.update()
         else:
-            pages = [_page_job(j) for j in jobs]
+            pages = []
+            for job in jobs:
+                pages.append(_page_job(job))
+                bar.update()
+        bar.close()
         recs = _records(split, pages, split_index)
         if fmt in ("docvqa-json", "both"):
             _write_docvqa_json(out, split, recs)
@@ -529,7 +586,10 @@ def ensure_synthetic(
     # Generate next to the target and rename, so an interrupted run never looks complete.
     tmp = f"{out}.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    generate(tmp, seed=seed, num_pages=num_pages, difficulty=difficulty)
+    print(f"Generating the synthetic DocVQA set ({difficulty}, {num_pages} train pages) into "
+          f"{out} (first use only; later runs read it from there)", flush=True)
+    summary = generate(tmp, seed=seed, num_pages=num_pages, difficulty=difficulty, progress=True)
+    print(f"  generated in {summary['seconds']:.0f}s", flush=True)
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
     return out
@@ -541,7 +601,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num_pages", type=int, default=2000, help="train pages (val/test: 1/10)")
     p.add_argument("--format", default="both", choices=["docvqa-json", "hf-parquet", "both"])
-    p.add_argument("--difficulty", default="easy", choices=["easy", "hard", "demo"])
+    p.add_argument("--difficulty", default="easy", choices=list(DIFFICULTIES))
     p.add_argument("--workers", type=int, default=None)
     a = p.parse_args(argv)
     summary = generate(
@@ -551,6 +611,7 @@ def main(argv: list[str] | None = None) -> None:
         fmt=a.format,
         difficulty=a.difficulty,
         workers=a.workers,
+        progress=True,
     )
     print(json.dumps(summary, indent=1))
 
@@ -560,11 +621,22 @@ if __name__ == "__main__":
 
 
 PLACEHOLDER = "synthetic"  # a config's data path meaning "the embedded synthetic set"
+# The demo checkpoint's pretraining pages are drawn with another seed than the demo's, so that
+# the pages the demo holds out (and trains on) are new to the checkpoint.
+PLACEHOLDER_SEED = {"demo_read": 1}
 
 
 def resolve_placeholder(spec: dict, difficulty: str = "easy") -> dict:
-    """A data spec with ``path="synthetic"`` replaced by the generated set's JSON release."""
+    """A data spec with ``path="synthetic"`` replaced by the generated set's JSON release.
+
+    The spec's ``num_pages`` (default 2000 train pages) is the generated set's size.
+    """
     spec = dict(spec)
     if spec.get("path") == PLACEHOLDER:
-        spec["path"] = os.path.join(ensure_synthetic(difficulty=difficulty), "docvqa")
+        out = ensure_synthetic(
+            difficulty=difficulty,
+            seed=PLACEHOLDER_SEED.get(difficulty, 0),
+            num_pages=spec.pop("num_pages", 2000),
+        )
+        spec["path"] = os.path.join(out, "docvqa")
     return spec
