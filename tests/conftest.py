@@ -137,3 +137,16 @@ def synth(tmp_path_factory) -> str:
     out = str(tmp_path_factory.mktemp("synth"))
     synthetic.generate(out, seed=0, num_pages=30, workers=1)
     return out
+
+
+@pytest.fixture(scope="session")
+def ckpt(tmp_path_factory) -> str:
+    """A tiny random PaliGemma 1 (28 px, the project tokenizer's vocabulary) as a big_vision .npz."""
+    from pg_jax.models import exporter
+    from pg_jax.pp.tokenizer import Tokenizer
+    from tests import tiny_model
+
+    _, params = tiny_model.make("tiny_pg1", res=28, vocab_size=Tokenizer().vocab_size)
+    path = str(tmp_path_factory.mktemp("ckpt") / "params.npz")
+    exporter.save_npz(params, path)
+    return path

@@ -11,18 +11,9 @@ from PIL import Image
 
 from pg_jax import evaluate, predict
 from pg_jax.models import exporter
-from pg_jax.pp.tokenizer import Tokenizer
 from tests import tiny_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    _, params = tiny_model.make("tiny_pg1", res=28, vocab_size=Tokenizer().vocab_size)
-    path = str(tmp_path_factory.mktemp("ckpt") / "params.npz")
-    exporter.save_npz(params, path)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -4,21 +4,9 @@ an extremely long question."""
 import json
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from pg_jax import evaluate
-from pg_jax.models import exporter
-from pg_jax.pp.tokenizer import Tokenizer
-from tests import tiny_model
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    _, params = tiny_model.make("tiny_pg1", res=28, vocab_size=Tokenizer().vocab_size)
-    path = str(tmp_path_factory.mktemp("ckpt") / "params.npz")
-    exporter.save_npz(params, path)
-    return path
 
 
 def _argv(workdir, ckpt, data, split, *extra):
