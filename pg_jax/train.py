@@ -550,8 +550,9 @@ def main(argv) -> None:
     try:
         sharding.initialize_distributed()  # before anything touches the devices
         result = train(_CONFIG.value, _WORKDIR.value, dry_run=_DRY_RUN.value)
-    except KeyboardInterrupt:  # Ctrl-C before the first step: nothing to save yet
-        print("\nInterrupted before training started; nothing was saved.", file=sys.stderr)
+    except KeyboardInterrupt:  # Ctrl-C outside the train loop (start-up, final evals, export)
+        print("\nInterrupted. Committed checkpoints are kept: rerun the same command to resume.",
+              file=sys.stderr)
         sys.exit(EXIT_SIGINT)
     except FloatingPointError as e:
         print(f"error: {e}", file=sys.stderr)
