@@ -495,10 +495,12 @@ def train(config, workdir: str, *, dry_run: bool = False) -> dict:
 
 
 def _read_summary(path: str) -> dict:
-    if not os.path.exists(path):
+    """summary.json's contents; {} when it is missing or unreadable (it is only a record)."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
         return {}
-    with open(path) as f:
-        return json.load(f)
 
 
 def _write_summary(path: str, before: dict, after: dict) -> None:
