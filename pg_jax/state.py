@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 from pg_jax import optim, sharding
 from pg_jax import step as step_lib
-from pg_jax.models import loader, paligemma
+from pg_jax.models import loader, lora, paligemma
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,9 +64,11 @@ def plan(
       loss_scale: whether the state holds fp16 dynamic loss-scale state.
     """
     trainable = set(opt.trainable)
+    shapes = loader.param_shapes(model)
+    lora.check_targets(model.lora, shapes)
     param_shapes = {
         k: jax.ShapeDtypeStruct(v.shape, jnp.float32 if k in trainable else jnp.dtype(frozen_dtype))
-        for k, v in loader.param_shapes(model).items()
+        for k, v in shapes.items()
     }
     param_shardings = sharding.infer_sharding(param_shapes, strategy, mesh)
     opt_shapes = jax.eval_shape(opt.tx.init, {k: param_shapes[k] for k in opt.trainable})
@@ -84,19 +86,28 @@ def plan(
 
 
 def materialize(p: StatePlan, model: paligemma.Model, *, init_path: str = "", seed: int = 0,
-                model_cfg: dict | None = None) -> dict:
+                model_cfg: dict | None = None, init_missing: tuple[str, ...] = (),
+                adapter: str | None = None) -> dict:
     """The train state's arrays, created straight into their shardings.
+
+    What the checkpoint holds is loaded; the rest (all of it without ``init_path``; with it,
+    the ``init_missing`` parameters it lacks, e.g. new LoRA factors) is initialised by one
+    jitted ``model.init`` that computes only those parameters.
 
     Args:
       p: the `plan`.
-      model: the model (random init when there is no `init_path`).
-      init_path: a checkpoint to load every parameter from (big_vision .npz or HF directory).
+      model: the model (its init makes what is not loaded).
+      init_path: a checkpoint to load parameters from (big_vision .npz or HF directory).
       seed: random init seed.
       model_cfg: the architecture `init_path` must hold (default: whatever it holds).
+      init_missing: regexes of parameters `init_path` may lack (see `loader.load`).
+      adapter: a PEFT LoRA adapter directory whose factors are loaded (see `loader.load`).
     """
+    flat = {}
     if init_path:
         _, params = loader.load(
-            init_path, model_cfg=model_cfg, shardings=lambda k, s: p.param_shardings[k]
+            init_path, model_cfg=model_cfg, shardings=lambda k, s: p.param_shardings[k],
+            init_missing=init_missing, adapter=adapter,
         )
         # Cast leaf by leaf: one leaf's second copy at a time, never a whole second model.
         flat = {
@@ -104,16 +115,20 @@ def materialize(p: StatePlan, model: paligemma.Model, *, init_path: str = "", se
             for k, v in optim.flatten(params).items()
         }
         del params
-    else:
+    missing = sorted(set(p.param_shapes) - set(flat))
+    if missing:
         res = model.img["image_size"]
         dummy = (jnp.zeros((1, res, res, 3)), jnp.zeros((1, 2), jnp.int32),
                  jnp.zeros((1, 2), jnp.int32))
 
-        def init(rng):  # cast inside the jit: no float32 copy of the frozen weights
-            flat = optim.flatten(model.init(rng, *dummy)["params"])
-            return {k: v.astype(p.param_shapes[k].dtype) for k, v in flat.items()}
+        def init(rng):
+            # Only the missing leaves are outputs: XLA drops the rest of the init. Cast inside
+            # the jit: no float32 copy of frozen weights.
+            every = optim.flatten(model.init(rng, *dummy)["params"])
+            return {k: every[k].astype(p.param_shapes[k].dtype) for k in missing}
 
-        flat = jax.jit(init, out_shardings=p.param_shardings)(jax.random.PRNGKey(seed))
+        shardings = {k: p.param_shardings[k] for k in missing}
+        flat.update(jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(seed)))
     opt_state = jax.jit(p.opt.tx.init, out_shardings=p.shardings["opt"])(
         {k: flat[k] for k in p.opt.trainable}
     )

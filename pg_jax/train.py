@@ -38,7 +38,7 @@ from pg_jax import accounting, checkpoint, config_cli, devices, fit, metrics, op
 from pg_jax import state as state_lib
 from pg_jax import step as step_lib
 from pg_jax.evaluators import common as evaluators
-from pg_jax.models import exporter, loader, paligemma, variants
+from pg_jax.models import exporter, loader, lora, paligemma, peft_io, variants
 from pg_jax.pp.tokenizer import Tokenizer, get_default_tokenizer_path
 
 # Exit status (besides 0, done): 2 a config, data or checkpoint error (one line says which);
@@ -189,6 +189,7 @@ def train(config, workdir: str, *, dry_run: bool = False) -> dict:
         )
     if unroll_llm_layers(config):
         model_cfg["llm"]["scan_unroll"] = model_cfg["llm"]["depth"]
+    model_cfg["lora"], lora_adapter = lora.from_config(config.get("lora"))
     model = paligemma.Model(**model_cfg)
 
     # ------------------------------------------------------------------------------------------
@@ -328,8 +329,10 @@ def train(config, workdir: str, *, dry_run: bool = False) -> dict:
 
     # Now the arrays: loaded or initialised straight into their shardings, then the resumed
     # trainable parameters and optimizer state put in.
-    train_state = state_lib.materialize(state_plan, model, init_path=init_path, seed=config.seed,
-                                        model_cfg=model_cfg)
+    train_state = state_lib.materialize(
+        state_plan, model, init_path=init_path, seed=config.seed, model_cfg=model_cfg,
+        init_missing=tuple(config.get("init_missing", ())), adapter=lora_adapter,
+    )
     if restored is not None:
         train_state = checkpoint.restore_into(train_state, saved, opt.trainable)
         del saved
@@ -451,6 +454,10 @@ def train(config, workdir: str, *, dry_run: bool = False) -> dict:
     save_checkpoint(steps_total, data_state, force=True)
     ckpt.close()
     params_out = train_state["params"]
+    # LoRA factors are written on their own (lora.npz, `pg_jax.export --format peft`); the
+    # exported model has them merged in, so it is a plain PaliGemma.
+    factors = {k: v for k, v in optim.flatten(params_out).items() if k.endswith(lora.SUFFIXES)}
+    params_out = lora.merge_jit(params_out, model.lora) if factors else params_out
     if jax.process_count() > 1:
         # Arrays sharded across hosts are not addressable from one process: every process
         # takes part in gathering them (a collective), then process 0 writes.
@@ -466,6 +473,10 @@ def train(config, workdir: str, *, dry_run: bool = False) -> dict:
             # The exporters fetch one array at a time, so no second full copy is made here.
             exporter.save_npz(params_out, os.path.join(workdir, "params.npz"))
             written.append(f"{workdir}/params.npz")
+        if factors:
+            peft_io.save_factors(os.path.join(workdir, "lora.npz"), jax.device_get(factors),
+                                 model.lora, model_cfg)
+            written.append(f"{workdir}/lora.npz")
         if config.export_hf:
             exporter.save_hf(
                 copy.deepcopy(model_cfg), params_out, os.path.join(workdir, "hf"), tokenizer=tok_path
