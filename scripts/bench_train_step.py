@@ -36,7 +36,7 @@ import numpy as np
 from pg_jax import accounting, optim, profiling, sharding
 from pg_jax import state as state_lib
 from pg_jax import step as step_lib
-from pg_jax.models import loader, paligemma, variants
+from pg_jax.models import loader, lora, paligemma, variants
 
 
 def main() -> None:
@@ -61,6 +61,9 @@ def main() -> None:
     p.add_argument("--logits_len", type=int, default=8,
                    help="text positions given logits (>= the 8 scored ones; 32 = all)")
     p.add_argument("--no_donate", action="store_true", help="do not donate the train state")
+    p.add_argument("--lora_rank", type=int, default=8, help="with --freeze lora")
+    p.add_argument("--lora_targets", default="attn", choices=sorted(lora.TARGETS),
+                   help="with --freeze lora: which weights get factors")
     a = p.parse_args()
 
     text_len, loss_len = 32, 8
@@ -76,6 +79,9 @@ def main() -> None:
         key, value = item.split("=", 1)
         tower, field = key.split(".", 1)
         cfg[tower][field] = ast.literal_eval(value)
+    if a.freeze == "lora":  # alpha = 2 rank, as configs/docvqa.py:freeze=lora
+        cfg["lora"] = {"rank": a.lora_rank, "alpha": 2.0 * a.lora_rank,
+                       "targets": a.lora_targets}
     model = paligemma.Model(**cfg)
     mesh = sharding.make_mesh([("data", -1)])
     shapes = loader.param_shapes(model)
@@ -95,12 +101,13 @@ def main() -> None:
     )
     opt = optim.make(opt_cfg, optim.unflatten(shapes), 1000)
     strategy = [(".*", 'fsdp(axis="data")' if a.strategy == "fsdp" else "replicate()")]
-    # The trainer's own state setup (pg_jax.state): random init straight into the target
-    # dtypes and shardings, no host copy of 3B params.
+    # The trainer's own state plan (pg_jax.state), filled leaf by leaf with random weights
+    # straight in their dtypes and shardings, as a checkpoint is loaded: the measured peak
+    # afterwards is the step's, not an init program's.
     plan = state_lib.plan(model, opt, mesh, strategy, frozen_dtype=a.frozen_dtype,
                           loss_scale=False)
     shapes = plan.param_shapes
-    state = state_lib.materialize(plan, model, seed=0)
+    state = state_lib.materialize_random(plan, seed=0)
     print("Parameters:\n" + accounting.param_overview(shapes, opt.trainable))
 
     rng = np.random.default_rng(0)
@@ -140,8 +147,9 @@ def main() -> None:
     mfu = flops * ex_s / (peak * jax.device_count()) if peak else float("nan")
     stats = dev.memory_stats() or {}
     print(
-        f"RESULT variant={a.variant} res={a.res} batch={a.batch} freeze={a.freeze} "
-        f"dtype={a.dtype} frozen={a.frozen_dtype} remat={a.remat} accum={a.accum} "
+        f"RESULT variant={a.variant} res={a.res} batch={a.batch} freeze={a.freeze}"
+        + (f"(r={a.lora_rank},{a.lora_targets}) " if a.freeze == "lora" else " ")
+        + f"dtype={a.dtype} frozen={a.frozen_dtype} remat={a.remat} accum={a.accum} "
         f"logits_len={a.logits_len} donate={not a.no_donate} "
         f"llm_unroll={cfg['llm']['scan_unroll']} set={','.join(a.set) or '-'} "
         f"strategy={a.strategy} devices={jax.device_count()}x{dev.device_kind}: "
