@@ -39,12 +39,29 @@ from pg_jax import step as step_lib
 from pg_jax.models import loader, paligemma, variants
 
 
+def lora_config(a: argparse.Namespace) -> dict | None:
+    """``config.lora`` for ``--freeze lora``; refused by name while pg_jax has no LoRA preset."""
+    if a.freeze != "lora":
+        return None
+    if "lora" not in optim.PRESETS:
+        sys.exit("bench_train_step.py: --freeze lora needs pg_jax's LoRA trainable set "
+                 "(optim.PRESETS['lora'] and config.lora), which this checkout does not have")
+    lora = {"rank": a.lora_rank, "alpha": a.lora_alpha}
+    if a.lora_targets:
+        lora["targets"] = tuple(a.lora_targets)
+    return lora
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--variant", default="pg1_3b")
     p.add_argument("--res", type=int, default=224)
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--freeze", default="attn", choices=sorted(optim.PRESETS))
+    p.add_argument("--freeze", default="attn", choices=sorted({*optim.PRESETS, "lora"}))
+    p.add_argument("--lora_rank", type=int, default=8, help="--freeze lora: factor rank")
+    p.add_argument("--lora_alpha", type=float, default=8.0, help="--freeze lora: scale alpha/rank")
+    p.add_argument("--lora_targets", nargs="+", metavar="REGEX",
+                   help="--freeze lora: weight names given factors (default: pg_jax's)")
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--frozen_dtype", default="bfloat16")
     p.add_argument("--remat", default="none")
@@ -64,6 +81,7 @@ def main() -> None:
     a = p.parse_args()
 
     text_len, loss_len = 32, 8
+    lora = lora_config(a)
     cfg = variants.get_config(  # tiny variants take the project tokenizer's vocabulary
         a.variant,
         res=a.res,
@@ -93,6 +111,10 @@ def main() -> None:
             grad_clip_norm=1.0,
         )
     )
+    if lora is not None:
+        # LORA HOOK (issue 14): hand `lora` (rank, alpha, targets) to pg_jax's LoRA trainable
+        # set here, the way the trainer passes `config.lora`, once `freeze="lora"` exists.
+        opt_cfg.lora = ml_collections.ConfigDict(lora)
     opt = optim.make(opt_cfg, optim.unflatten(shapes), 1000)
     strategy = [(".*", 'fsdp(axis="data")' if a.strategy == "fsdp" else "replicate()")]
     # The trainer's own state setup (pg_jax.state): random init straight into the target
@@ -146,6 +168,7 @@ def main() -> None:
         f"llm_unroll={cfg['llm']['scan_unroll']} set={','.join(a.set) or '-'} "
         f"strategy={a.strategy} devices={jax.device_count()}x{dev.device_kind}: "
         f"step {dt * 1e3:.1f} ms, {ex_s:.1f} examples/s, {flops / 1e12:.3f} TFLOP/example, "
+        f"trainable={sum(int(np.prod(shapes[k].shape)) for k in opt.trainable)} "
         f"MFU {mfu:.1%}, peak {stats.get('peak_bytes_in_use', 0) / 2**30:.1f} GiB "
         f"(predicted {(predicted or 0) / 2**30:.1f}), "
         f"loss {float(m['training_loss']):.3f}"
