@@ -15,6 +15,7 @@ Sides (``--sides``; by default every side of the ``--mode``):
     hf_compile  the same model under ``torch.compile``
     keras_hub   KerasHub ``PaliGemmaCausalLM`` on the JAX backend, built from a config in bf16,
                 the same attention weights trainable, ``compile()`` + ``train_on_batch``
+                (``scripts/bench_keras_hub.py``)
 
   --mode lora   LoRA factors trainable, everything else frozen
     pg_jax      ``bench_train_step.py --freeze lora`` with the same rank and targets as hf_peft
@@ -182,97 +183,6 @@ def run_hf(cfg: dict, side: str, batch: int, steps: int, gradient_checkpointing:
 
 
 # ---------------------------------------------------------------------------------------------
-# KerasHub side (JAX backend).
-# ---------------------------------------------------------------------------------------------
-def keras_backbone_kwargs(cfg: dict) -> dict:
-    """PaliGemmaBackbone arguments for pg_jax's model config (same shapes)."""
-    img, llm = cfg["img"], cfg["llm"]
-    is_pg2 = bool(llm.get("post_norms"))
-    kw = {
-        "vocabulary_size": llm["vocab_size"],
-        "image_size": img["image_size"],
-        "num_layers": llm["depth"],
-        "num_query_heads": llm["num_heads"],
-        "num_key_value_heads": llm["num_kv_heads"],
-        "hidden_dim": llm["width"],
-        "intermediate_dim": 2 * llm["mlp_dim"],  # KerasHub's Gemma counts gate and up together
-        "head_dim": llm["head_dim"],
-        "vit_patch_size": img["patch_size"],
-        "vit_num_heads": img["num_heads"],
-        "vit_hidden_dim": img["width"],
-        "vit_num_layers": img["depth"],
-        "vit_intermediate_dim": img["mlp_dim"],
-    }
-    if is_pg2:
-        kw.update(use_post_ffw_norm=True, use_post_attention_norm=True,
-                  attention_logit_soft_cap=llm.get("attn_logits_softcap"),
-                  final_logit_soft_cap=llm.get("final_logits_softcap"),
-                  use_sliding_window_attention=True, sliding_window_size=4096,
-                  query_head_dim_normalize=llm.get("query_pre_attn_norm") != "rsqrt_emb_per_head")
-    return kw
-
-
-def run_keras(cfg: dict, mode: str, batch: int, steps: int, keras_lora_rank: int) -> dict:
-    """KerasHub PaliGemmaCausalLM, random bf16 weights, compile() + train_on_batch."""
-    os.environ["KERAS_BACKEND"] = "jax"
-    import jax
-    import keras
-    import keras_hub
-    import numpy as np
-
-    keras.utils.set_random_seed(0)
-    backbone = keras_hub.models.PaliGemmaBackbone(**keras_backbone_kwargs(cfg), dtype="bfloat16")
-    lm = keras_hub.models.PaliGemmaCausalLM(backbone=backbone, preprocessor=None)
-    if mode == "lora":
-        backbone.enable_lora(rank=keras_lora_rank)  # KerasHub's tutorial: rank 4, query/value
-        note = f"enable_lora(rank={keras_lora_rank})"
-    else:
-        # Freeze everything, then unfreeze the LLM's attention layers (the pattern of
-        # enable_lora): a variable is trained when its own layer is trainable.
-        for layer in backbone._flatten_layers(include_self=False):
-            layer.trainable = False
-        for block in backbone.transformer_layers:
-            block.attention.trainable = True
-        note = "LLM attention trainable"
-    lm.compile(optimizer=keras.optimizers.AdamW(learning_rate=1e-5, weight_decay=0.0),
-               loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-
-    res = cfg["img"]["image_size"]
-    rng, text = random_text(batch, cfg["llm"]["vocab_size"])
-    response = np.zeros((batch, TEXT_LEN), np.int32)
-    response[:, -LOSS_LEN:] = 1
-    # Inputs on the device once, as the other sides keep theirs (no host copy per step).
-    x = jax.device_put({
-        "images": rng.uniform(-1, 1, (batch, res, res, 3)).astype(np.float32),
-        "token_ids": text.astype(np.int32),
-        "padding_mask": np.ones((batch, TEXT_LEN), np.int32),
-        "response_mask": response,
-    })
-    y = jax.device_put(np.roll(text, -1, axis=1).astype(np.int32))
-    w = jax.device_put(response.astype(np.float32))
-
-    # train_on_batch returns the loss as a host number: every step ends in a sync, as fit()
-    # with its default logging does.
-    t = time.time()
-    lm.train_on_batch(x, y, sample_weight=w)
-    first = time.time() - t
-    lm.train_on_batch(x, y, sample_weight=w)
-    t = time.time()
-    for _ in range(steps):
-        loss = lm.train_on_batch(x, y, sample_weight=w)
-    dt = (time.time() - t) / steps
-    dev = jax.devices()[0]
-    stats = dev.memory_stats() or {}
-    peak = stats["peak_bytes_in_use"] / 2**30 if "peak_bytes_in_use" in stats else float("nan")
-    n_train = int(sum(np.prod(v.shape) for v in lm.trainable_variables))
-    return {"examples_per_s": batch / dt, "step_ms": dt * 1e3, "peak_gib": peak,
-            "first_step_s": first, "loss": float(np.asarray(loss).reshape(-1)[0]),
-            "trainable_params": n_train, "note": note, "device": dev.device_kind,
-            "versions": f"keras {keras.__version__}, keras-hub {keras_hub.__version__}, "
-                        f"jax {jax.__version__}"}  # fmt: skip
-
-
-# ---------------------------------------------------------------------------------------------
 # pg_jax side: scripts/bench_train_step.py in its own process.
 # ---------------------------------------------------------------------------------------------
 def run_pg_jax(a, res: int, batch: int) -> dict:
@@ -328,12 +238,21 @@ def missing_packages(python: str, side: str) -> list[str]:
 def run_side(a, side: str, cfg: dict, res: int, batch: int) -> dict:
     if side == "pg_jax":
         return run_pg_jax(a, res, batch)
+    if side == "keras_hub":
+        cmd = [a.keras_python, os.path.join(ROOT, "scripts", "bench_keras_hub.py"), "train",
+               "--model_json", json.dumps(cfg), "--batch", str(batch), "--steps", str(a.steps),
+               "--mode", a.mode, "--lora_rank", str(a.keras_lora_rank)]  # fmt: skip
+        return _child_result(cmd)
     cmd = [_python_of(a, side), os.path.abspath(__file__), "--side", side, "--mode", a.mode,
            "--steps", str(a.steps), "--configs", f"{res}x{batch}", "--model_json",
            json.dumps(cfg), "--peft_rank", str(a.peft_rank), "--peft_alpha", str(a.peft_alpha),
            "--peft_targets", a.peft_targets, "--keras_lora_rank", str(a.keras_lora_rank)]
     if a.hf_gradient_checkpointing:
         cmd.append("--hf_gradient_checkpointing")
+    return _child_result(cmd)
+
+
+def _child_result(cmd: list[str]) -> dict:
     out = subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=ROOT)
     line = next((x for x in out.stdout.splitlines() if x.startswith(RESULT)), None)
     return json.loads(line[len(RESULT):]) if line else {"error": _error_of(out)}
@@ -406,11 +325,8 @@ def main():
     if a.side:  # child process: one side, one configuration
         cfg = json.loads(a.model_json)
         batch = int(a.configs[0].split("x")[1])
-        if a.side == "keras_hub":
-            r = run_keras(cfg, a.mode, batch, a.steps, a.keras_lora_rank)
-        else:
-            r = run_hf(cfg, a.side, batch, a.steps, a.hf_gradient_checkpointing, a.peft_rank,
-                       a.peft_alpha, a.peft_targets)
+        r = run_hf(cfg, a.side, batch, a.steps, a.hf_gradient_checkpointing, a.peft_rank,
+                   a.peft_alpha, a.peft_targets)
         print(RESULT + json.dumps(r))
         return
 
