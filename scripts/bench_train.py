@@ -65,8 +65,7 @@ REQUIRES = {
 }
 # The LLM's projections in the common HF + PEFT recipe, and pg_jax's names for the same weights.
 PEFT_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-PG_JAX_LORA_TARGETS = ("llm/layers/attn/(q_einsum|kv_einsum|attn_vec_einsum)/.*",
-                       "llm/layers/mlp/(gating_einsum|linear)")  # fmt: skip
+PG_JAX_LORA_TARGETS = "attn_mlp"  # pg_jax.models.lora.TARGETS: the same seven projections
 RESULT = "SIDE_RESULT "
 
 
@@ -191,7 +190,7 @@ def run_pg_jax(a, res: int, batch: int) -> dict:
            *a.pg_jax_args.split()]  # fmt: skip
     if a.mode == "lora":  # the same rank, alpha and targets as the hf_peft side
         cmd += ["--freeze", "lora", "--lora_rank", str(a.peft_rank), "--lora_alpha",
-                str(a.peft_alpha), "--lora_targets", *PG_JAX_LORA_TARGETS]  # fmt: skip
+                str(a.peft_alpha), "--lora_targets", PG_JAX_LORA_TARGETS]  # fmt: skip
     out = subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=ROOT)
     line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT")), None)
     if line is None:

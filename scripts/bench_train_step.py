@@ -40,16 +40,20 @@ from pg_jax.models import loader, paligemma, variants
 
 
 def lora_config(a: argparse.Namespace) -> dict | None:
-    """``config.lora`` for ``--freeze lora``; refused by name while pg_jax has no LoRA preset."""
+    """``paligemma.Model(lora=...)`` for ``--freeze lora``; refused while pg_jax has no LoRA."""
     if a.freeze != "lora":
         return None
-    if "lora" not in optim.PRESETS:
+    try:
+        from pg_jax.models import lora as lora_lib
+    except ImportError:
+        lora_lib = None
+    if lora_lib is None or "lora" not in optim.PRESETS:
         sys.exit("bench_train_step.py: --freeze lora needs pg_jax's LoRA trainable set "
-                 "(optim.PRESETS['lora'] and config.lora), which this checkout does not have")
-    lora = {"rank": a.lora_rank, "alpha": a.lora_alpha}
-    if a.lora_targets:
-        lora["targets"] = tuple(a.lora_targets)
-    return lora
+                 "(pg_jax.models.lora and optim.PRESETS['lora']), which this checkout lacks")
+    targets = a.lora_targets or ["attn_mlp"]
+    if len(targets) == 1 and targets[0] in lora_lib.TARGETS:  # a preset name
+        targets = list(lora_lib.TARGETS[targets[0]])
+    return {"rank": a.lora_rank, "alpha": a.lora_alpha, "targets": targets}
 
 
 def main() -> None:
@@ -61,7 +65,8 @@ def main() -> None:
     p.add_argument("--lora_rank", type=int, default=8, help="--freeze lora: factor rank")
     p.add_argument("--lora_alpha", type=float, default=8.0, help="--freeze lora: scale alpha/rank")
     p.add_argument("--lora_targets", nargs="+", metavar="REGEX",
-                   help="--freeze lora: weight names given factors (default: pg_jax's)")
+                   help="--freeze lora: a preset of pg_jax.models.lora.TARGETS (default "
+                        "attn_mlp: q/k/v/o/gate/up/down) or regexes over weight names")
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--frozen_dtype", default="bfloat16")
     p.add_argument("--remat", default="none")
@@ -94,6 +99,9 @@ def main() -> None:
         key, value = item.split("=", 1)
         tower, field = key.split(".", 1)
         cfg[tower][field] = ast.literal_eval(value)
+    if lora is not None:
+        # LORA HOOK (issue 14): the factors are a model field, as the trainer's config.lora.
+        cfg["lora"] = lora
     model = paligemma.Model(**cfg)
     mesh = sharding.make_mesh([("data", -1)])
     shapes = loader.param_shapes(model)
@@ -111,10 +119,6 @@ def main() -> None:
             grad_clip_norm=1.0,
         )
     )
-    if lora is not None:
-        # LORA HOOK (issue 14): hand `lora` (rank, alpha, targets) to pg_jax's LoRA trainable
-        # set here, the way the trainer passes `config.lora`, once `freeze="lora"` exists.
-        opt_cfg.lora = ml_collections.ConfigDict(lora)
     opt = optim.make(opt_cfg, optim.unflatten(shapes), 1000)
     strategy = [(".*", 'fsdp(axis="data")' if a.strategy == "fsdp" else "replicate()")]
     # The trainer's own state setup (pg_jax.state): random init straight into the target
