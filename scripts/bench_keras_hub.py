@@ -66,8 +66,10 @@ def backbone_kwargs(cfg: dict) -> dict:
 
 
 def build(cfg: dict) -> keras_hub.models.PaliGemmaCausalLM:
+    """Random weights in the config's dtype (bench_decode's --dtype), bf16 by default."""
     keras.utils.set_random_seed(0)
-    backbone = keras_hub.models.PaliGemmaBackbone(**backbone_kwargs(cfg), dtype="bfloat16")
+    dtype = cfg["llm"].get("dtype") or "bfloat16"
+    backbone = keras_hub.models.PaliGemmaBackbone(**backbone_kwargs(cfg), dtype=dtype)
     return keras_hub.models.PaliGemmaCausalLM(backbone=backbone, preprocessor=None)
 
 

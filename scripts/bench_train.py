@@ -191,7 +191,9 @@ def run_pg_jax(a, res: int, batch: int) -> dict:
     if a.mode == "lora":  # the same rank, alpha and targets as the hf_peft side
         cmd += ["--freeze", "lora", "--lora_rank", str(a.peft_rank), "--lora_alpha",
                 str(a.peft_alpha), "--lora_targets", PG_JAX_LORA_TARGETS]  # fmt: skip
-    out = subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=ROOT)
+    out = _run(cmd, a.side_timeout)
+    if isinstance(out, dict):
+        return out
     line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT")), None)
     if line is None:
         return {"error": _error_of(out)}
@@ -228,7 +230,8 @@ def missing_packages(python: str, side: str) -> list[str]:
     """The packages of ``side`` that ``python`` cannot import (found without importing)."""
     probe = ("import importlib.util, sys; print(' '.join(m for m in sys.argv[1:] "
              "if importlib.util.find_spec(m) is None))")  # fmt: skip
-    out = subprocess.run([python, "-c", probe, *REQUIRES[side]], check=False, capture_output=True, text=True)
+    out = subprocess.run([python, "-c", probe, *REQUIRES[side]], check=False,
+                         capture_output=True, text=True)  # fmt: skip
     if out.returncode:
         return [f"(cannot run {python})"]
     return out.stdout.split()
@@ -241,18 +244,29 @@ def run_side(a, side: str, cfg: dict, res: int, batch: int) -> dict:
         cmd = [a.keras_python, os.path.join(ROOT, "scripts", "bench_keras_hub.py"), "train",
                "--model_json", json.dumps(cfg), "--batch", str(batch), "--steps", str(a.steps),
                "--mode", a.mode, "--lora_rank", str(a.keras_lora_rank)]  # fmt: skip
-        return _child_result(cmd)
+        return _child_result(cmd, a.side_timeout)
     cmd = [_python_of(a, side), os.path.abspath(__file__), "--side", side, "--mode", a.mode,
            "--steps", str(a.steps), "--configs", f"{res}x{batch}", "--model_json",
            json.dumps(cfg), "--peft_rank", str(a.peft_rank), "--peft_alpha", str(a.peft_alpha),
            "--peft_targets", a.peft_targets, "--keras_lora_rank", str(a.keras_lora_rank)]
     if a.hf_gradient_checkpointing:
         cmd.append("--hf_gradient_checkpointing")
-    return _child_result(cmd)
+    return _child_result(cmd, a.side_timeout)
 
 
-def _child_result(cmd: list[str]) -> dict:
-    out = subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=ROOT)
+def _run(cmd: list[str], timeout: float) -> subprocess.CompletedProcess | dict:
+    """The side's process, or {"error": ...} when it ran past ``timeout`` seconds (0: none)."""
+    try:
+        return subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=ROOT,
+                              timeout=timeout or None)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s (--side_timeout)"}
+
+
+def _child_result(cmd: list[str], timeout: float) -> dict:
+    out = _run(cmd, timeout)
+    if isinstance(out, dict):
+        return out
     line = next((x for x in out.stdout.splitlines() if x.startswith(RESULT)), None)
     return json.loads(line[len(RESULT):]) if line else {"error": _error_of(out)}
 
@@ -316,7 +330,10 @@ def main():
     p.add_argument("--keras_lora_rank", type=int, default=4)
     p.add_argument("--keras_python", default=sys.executable,
                    help="interpreter for the keras_hub side (one with keras and keras-hub)")
-    p.add_argument("--out", help="write the results as JSON here")
+    p.add_argument("--side_timeout", type=float, default=0,
+                   help="seconds one side may run (compile included) before it is stopped and "
+                        "reported as timed out; 0: no limit")
+    p.add_argument("--out", help="write the results as JSON here (after every side)")
     p.add_argument("--side", help=argparse.SUPPRESS)  # child process
     p.add_argument("--model_json", help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -346,23 +363,28 @@ def main():
 
     results = {"args": {k: v for k, v in vars(a).items() if k not in ("side", "model_json")},
                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-               "host": platform.node(), "rows": []}  # fmt: skip
+               "host": platform.node(), "command": " ".join(["python", *sys.argv]),
+               "rows": []}  # fmt: skip
     for conf in a.configs:
         res, batch = map(int, conf.split("x"))
         cfg = variants.get_config(a.variant, res=res).to_dict()
         row = {"res": res, "batch": batch, "mode": a.mode, "sides": {}}
+        results["rows"].append(row)
         for side in sides:
             row["sides"][side] = run_side(a, side, cfg, res, batch)
             print(json.dumps({"res": res, "batch": batch, side: row["sides"][side]}), flush=True)
-        compare(row)
-        results["rows"].append(row)
+            compare(row)
+            if a.out:  # a run stopped part-way keeps what it measured
+                with open(a.out, "w") as f:
+                    json.dump(results, f, indent=2)
 
     devices = {r.get("device") for row in results["rows"] for r in row["sides"].values()}
     title = f"{a.variant} on {', '.join(sorted(d for d in devices if d)) or '?'}"
-    print(f"\n{results['date']}; pg_jax args: '{a.pg_jax_args}'; HF gradient checkpointing: "
-          f"{a.hf_gradient_checkpointing}; {a.steps} timed steps")
-    for row in results["rows"]:
-        print("\n" + table(row, title))
+    print(f"\n{results['date']}, {results['command']}\npg_jax args: '{a.pg_jax_args}'; "
+          f"HF gradient checkpointing: {a.hf_gradient_checkpointing}; {a.steps} timed steps")
+    results["tables"] = [table(row, title) for row in results["rows"]]
+    for t in results["tables"]:
+        print("\n" + t)
     if a.out:
         with open(a.out, "w") as f:
             json.dump(results, f, indent=2)
