@@ -37,8 +37,7 @@ on PyTorch, never reset). One table per configuration, with the ratio of pg_jax 
 
   python scripts/bench_train.py --variant pg1_3b --configs 224x32 448x8 --out train.json
   python scripts/bench_train.py --variant pg1_3b --configs 224x32 448x8 --mode lora --out lora.json
-  python scripts/bench_train.py --variant tiny_pg1 --configs 224x2 --steps 2 --pg_jax_args ""
-      # CPU smoke test
+  python scripts/bench_train.py --variant tiny_pg1 --configs 224x2 --steps 2   # CPU smoke test
 """
 
 from __future__ import annotations
@@ -222,6 +221,13 @@ def _error_of(out: subprocess.CompletedProcess) -> str:
     return lines[-1][-300:] if lines else f"exit status {out.returncode}"
 
 
+def _has_gpu() -> bool:
+    """Whether JAX sees a GPU, asked in a subprocess so this process never initialises JAX."""
+    out = subprocess.run([sys.executable, "-c", "import jax; print(jax.default_backend())"],
+                         check=False, capture_output=True, text=True)  # fmt: skip
+    return out.stdout.strip().endswith("gpu")
+
+
 def _python_of(a, side: str) -> str:
     return a.keras_python if side == "keras_hub" else sys.executable
 
@@ -319,8 +325,10 @@ def main():
     p.add_argument("--mode", choices=sorted(SIDES), default="attn", help="the trainable set")
     p.add_argument("--sides", nargs="+", help="a subset of the mode's sides (default: all)")
     p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--pg_jax_args", default="--attention_impl cudnn",
-                   help="extra bench_train_step.py arguments (e.g. '--remat nothing_saveable')")
+    p.add_argument("--pg_jax_args",
+                   help="extra bench_train_step.py arguments (e.g. '--remat nothing_saveable'); "
+                        "default: '--attention_impl cudnn' for PaliGemma 1 on a GPU, else none "
+                        "(the fused kernel has no soft-cap for PaliGemma 2)")
     p.add_argument("--hf_gradient_checkpointing", action="store_true")
     p.add_argument("--peft_rank", type=int, default=8, help="LoRA rank of hf_peft and pg_jax")
     p.add_argument("--peft_alpha", type=int, default=8, help="LoRA alpha of hf_peft and pg_jax")
@@ -346,6 +354,8 @@ def main():
         print(RESULT + json.dumps(r))
         return
 
+    if a.pg_jax_args is None:
+        a.pg_jax_args = "--attention_impl cudnn" if "pg1" in a.variant and _has_gpu() else ""
     sides = a.sides or list(SIDES[a.mode])
     unknown = [s for s in sides if s not in SIDES[a.mode]]
     if unknown:
