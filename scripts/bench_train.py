@@ -109,6 +109,8 @@ def run_hf(cfg: dict, side: str, batch: int, steps: int, gradient_checkpointing:
     model.train()
     if gradient_checkpointing:
         model.gradient_checkpointing_enable()
+        if side == "hf_peft":  # re-entrant checkpoints need an input that requires grad
+            model.enable_input_require_grads()
     note = attn
     if side == "hf_peft":
         from peft import LoraConfig, get_peft_model
