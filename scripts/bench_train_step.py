@@ -39,12 +39,27 @@ from pg_jax import step as step_lib
 from pg_jax.models import loader, lora, paligemma, variants
 
 
+def lora_config(a: argparse.Namespace) -> dict | None:
+    """``paligemma.Model(lora=...)`` for ``--freeze lora`` (as the trainer's ``config.lora``)."""
+    if a.freeze != "lora":
+        return None
+    targets = a.lora_targets or ["attn_mlp"]
+    if len(targets) == 1 and targets[0] in lora.TARGETS:  # a preset name
+        targets = list(lora.TARGETS[targets[0]])
+    return {"rank": a.lora_rank, "alpha": a.lora_alpha, "targets": targets}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--variant", default="pg1_3b")
     p.add_argument("--res", type=int, default=224)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--freeze", default="attn", choices=sorted(optim.PRESETS))
+    p.add_argument("--lora_rank", type=int, default=8, help="--freeze lora: factor rank")
+    p.add_argument("--lora_alpha", type=float, default=8.0, help="--freeze lora: scale alpha/rank")
+    p.add_argument("--lora_targets", nargs="+", metavar="REGEX",
+                   help="--freeze lora: a preset of pg_jax.models.lora.TARGETS (default "
+                        "attn_mlp: q/k/v/o/gate/up/down) or regexes over weight names")
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--frozen_dtype", default="bfloat16")
     p.add_argument("--remat", default="none")
@@ -61,12 +76,10 @@ def main() -> None:
     p.add_argument("--logits_len", type=int, default=8,
                    help="text positions given logits (>= the 8 scored ones; 32 = all)")
     p.add_argument("--no_donate", action="store_true", help="do not donate the train state")
-    p.add_argument("--lora_rank", type=int, default=8, help="with --freeze lora")
-    p.add_argument("--lora_targets", default="attn", choices=sorted(lora.TARGETS),
-                   help="with --freeze lora: which weights get factors")
     a = p.parse_args()
 
     text_len, loss_len = 32, 8
+    lora_cfg = lora_config(a)
     cfg = variants.get_config(  # tiny variants take the project tokenizer's vocabulary
         a.variant,
         res=a.res,
@@ -79,9 +92,8 @@ def main() -> None:
         key, value = item.split("=", 1)
         tower, field = key.split(".", 1)
         cfg[tower][field] = ast.literal_eval(value)
-    if a.freeze == "lora":  # alpha = 2 rank, as configs/docvqa.py:freeze=lora
-        cfg["lora"] = {"rank": a.lora_rank, "alpha": 2.0 * a.lora_rank,
-                       "targets": a.lora_targets}
+    if lora_cfg is not None:  # the factors are a model field, as the trainer's config.lora
+        cfg["lora"] = lora_cfg
     model = paligemma.Model(**cfg)
     mesh = sharding.make_mesh([("data", -1)])
     shapes = loader.param_shapes(model)
@@ -147,13 +159,13 @@ def main() -> None:
     mfu = flops * ex_s / (peak * jax.device_count()) if peak else float("nan")
     stats = dev.memory_stats() or {}
     print(
-        f"RESULT variant={a.variant} res={a.res} batch={a.batch} freeze={a.freeze}"
-        + (f"(r={a.lora_rank},{a.lora_targets}) " if a.freeze == "lora" else " ")
-        + f"dtype={a.dtype} frozen={a.frozen_dtype} remat={a.remat} accum={a.accum} "
+        f"RESULT variant={a.variant} res={a.res} batch={a.batch} freeze={a.freeze} "
+        f"dtype={a.dtype} frozen={a.frozen_dtype} remat={a.remat} accum={a.accum} "
         f"logits_len={a.logits_len} donate={not a.no_donate} "
         f"llm_unroll={cfg['llm']['scan_unroll']} set={','.join(a.set) or '-'} "
         f"strategy={a.strategy} devices={jax.device_count()}x{dev.device_kind}: "
         f"step {dt * 1e3:.1f} ms, {ex_s:.1f} examples/s, {flops / 1e12:.3f} TFLOP/example, "
+        f"trainable={sum(int(np.prod(shapes[k].shape)) for k in opt.trainable)} "
         f"MFU {mfu:.1%}, peak {stats.get('peak_bytes_in_use', 0) / 2**30:.1f} GiB "
         f"(predicted {(predicted or 0) / 2**30:.1f}), "
         f"loss {float(m['training_loss']):.3f}"
