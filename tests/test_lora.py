@@ -49,7 +49,7 @@ def tiny(request):
 
 def test_factors_change_the_output_and_merging_gives_the_same_model(tiny):
     cfg, base_model, params = tiny
-    targets = "attn_mlp" if cfg["llm"].get("post_norms") else "attn"
+    targets = "all" if cfg["llm"].get("post_norms") else "attn"
     model, p = _with_factors(cfg, params, dict(rank=4, alpha=8.0, targets=targets))
     image, text, mask_ar = _inputs(cfg["img"]["image_size"])
     with_factors, _ = model.apply({"params": p}, image, text, mask_ar)

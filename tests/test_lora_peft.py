@@ -20,8 +20,9 @@ from tests.test_lora import ATOL, _inputs, _with_factors
 pytest.importorskip("peft")
 pytest.importorskip("transformers")
 
-# Each case with the targets it is tested with: q + kv (and the MLP), qkv, and PaliGemma 2.
-TARGETS = {"pg1_mqa": "attn_mlp", "pg1_mha": "attn", "pg2_gqa_caps": "attn_mlp"}
+# Each case with the targets it is tested with: q + kv and the MLP, qkv and the image encoder,
+# and PaliGemma 2.
+TARGETS = {"pg1_mqa": "attn_mlp", "pg1_mha": "all", "pg2_gqa_caps": "attn_mlp"}
 
 
 @pytest.fixture(scope="module", params=sorted(TARGETS))

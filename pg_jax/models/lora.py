@@ -34,12 +34,16 @@ from flax import linen as nn
 _ATTN = r"llm/layers/attn/(q_einsum|kv_einsum|qkv_einsum|attn_vec_einsum)/w"
 _MLP = r"llm/layers/mlp/(gating_einsum|linear)"
 
+_VIT = r"img/Transformer/encoderblock/(MultiHeadDotProductAttention_0/(query|key|value|out)|MlpBlock_0/Dense_[01])/kernel"
+
 # Target presets for ``lora.targets`` (`configs/docvqa.py:lora_targets=...`).
 TARGETS = {
     # The LLM's attention projections (q, k, v and o in HF's names).
     "attn": (_ATTN,),
     # Attention and the MLP (HF: q, k, v, o, gate, up, down): the common PEFT recipe.
     "attn_mlp": (_ATTN, _MLP),
+    # Those and every image-encoder block's attention and MLP (HF: q, k, v, out, fc1, fc2).
+    "all": (_ATTN, _MLP, _VIT),
 }
 
 SUFFIXES = ("_lora_a", "_lora_b")
@@ -73,6 +77,8 @@ class Layout:
         return self.parts + "r" + self.outputs
 
 
+_BLOCK = "img/Transformer/encoderblock/"
+
 # Every weight LoRA can target, by its (stacked) name.
 LAYOUTS = {
     "llm/layers/attn/q_einsum/w": Layout("NDH", "", "D"),
@@ -81,6 +87,11 @@ LAYOUTS = {
     "llm/layers/attn/attn_vec_einsum/w": Layout("NHD", "", "NH"),
     "llm/layers/mlp/gating_einsum": Layout("SDF", "S", "D"),
     "llm/layers/mlp/linear": Layout("FD", "", "F"),
+    **{f"{_BLOCK}MultiHeadDotProductAttention_0/{n}/kernel": Layout("DNH", "", "D")
+       for n in ("query", "key", "value")},
+    f"{_BLOCK}MultiHeadDotProductAttention_0/out/kernel": Layout("NHD", "", "NH"),
+    f"{_BLOCK}MlpBlock_0/Dense_0/kernel": Layout("DF", "", "D"),
+    f"{_BLOCK}MlpBlock_0/Dense_1/kernel": Layout("FD", "", "F"),
 }
 
 

@@ -76,7 +76,8 @@ class Model(nn.Module):
 
     def setup(self):
         self._llm = gemma.Model(**self.llm, lora=self.lora, name="llm")
-        self._img = siglip.Model(num_classes=self.llm["width"], **self.img, name="img")
+        self._img = siglip.Model(num_classes=self.llm["width"], **self.img, lora=self.lora,
+                                 name="img")
 
     @property
     def num_image_tokens(self) -> int:

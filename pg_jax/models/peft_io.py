@@ -33,8 +33,8 @@ from pg_jax.models.npz_io import CheckpointError
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 PREFIX = "base_model.model."
-# transformers' module names for the hub layout's text-model prefix.
-_MODULE_PREFIX = {hf_convert.TEXT: "model.language_model."}
+# transformers' (5.x) module names for the hub layout's prefixes.
+_MODULE_PREFIX = {hf_convert.TEXT: "model.language_model.", hf_convert.VISION: "model.vision_tower."}
 
 
 def _module_name(hf_weight_name: str) -> str:
@@ -117,12 +117,14 @@ def from_peft(tensors: dict, model_cfg: dict, lora_cfg: dict, source: str) -> di
 
 
 def _targets_regex(factors: dict, model_cfg: dict) -> str:
-    """PEFT ``target_modules`` for the adapted projections (a full-match regex)."""
-    names = set()
+    """PEFT ``target_modules``: a full-match regex of exactly the adapted modules."""
+    alternatives = []
     for key in lora.LAYOUTS:
         if key + "_lora_a" in factors:
-            names.update(t.rsplit(".", 2)[-2] for t in _parts(model_cfg, key))
-    return r"model\.language_model\.layers\.\d+\.(self_attn|mlp)\.(" + "|".join(sorted(names)) + ")"
+            for template in _parts(model_cfg, key):
+                module = _module_name(template.replace("{i}", "LAYER"))
+                alternatives.append(re.escape(module).replace("LAYER", r"\d+"))
+    return "|".join(alternatives)
 
 
 def save_adapter(factors: dict, lora_cfg: dict, model_cfg: dict, out_dir: str,

@@ -11,12 +11,45 @@ under ``Transformer/encoderblock``.
 Einsum legend: B batch, P patches (tokens), N heads, H head dim, D width.
 """
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
-from pg_jax.models import attention
+from pg_jax.models import attention, lora
+
+
+class Dense(nn.Module):
+    """flax's ``Dense`` / ``DenseGeneral`` over the last ``in_axes`` axes, plus LoRA's term.
+
+    The same parameters (``kernel [*inputs, *features]``, ``bias [*features]``), initialisation
+    and product as flax's layers, which cannot hold LoRA factors beside their kernel.
+    """
+
+    features: tuple[int, ...]
+    in_axes: int = 1
+    dtype: str = "float32"
+    lora: flax.core.FrozenDict | None = None
+
+    @nn.compact
+    def __call__(self, x):
+        n = self.in_axes
+        shape = (*x.shape[x.ndim - n:], *self.features)
+
+        def kernel_init(rng, shape, dtype=jnp.float32):  # as flax: LeCun over [inputs, features]
+            flat = (int(np.prod(shape[:n])), int(np.prod(shape[n:])))
+            return nn.initializers.lecun_normal()(rng, flat, dtype).reshape(shape)
+
+        kernel = self.param("kernel", kernel_init, shape)
+        bias = self.param("bias", nn.initializers.zeros_init(), self.features)
+        y = jax.lax.dot_general(
+            x.astype(self.dtype), kernel.astype(self.dtype),
+            ((tuple(range(x.ndim - n, x.ndim)), tuple(range(n))), ((), ())),
+        ) + bias.astype(self.dtype)
+        d = lora.delta(self, "kernel", x.astype(self.dtype), shape, self.lora)
+        return y if d is None else y + d
 
 
 class MultiHeadAttention(nn.Module):
@@ -25,30 +58,33 @@ class MultiHeadAttention(nn.Module):
     num_heads: int
     dtype: str = "float32"
     attention_impl: str = "einsum"
+    lora: flax.core.FrozenDict | None = None
 
     @nn.compact
     def __call__(self, x):
         width = x.shape[-1]
         head_dim = width // self.num_heads
-        dense = lambda name: nn.DenseGeneral(  # noqa: E731
-            (self.num_heads, head_dim), dtype=self.dtype, name=name
+        dense = lambda name: Dense(  # noqa: E731
+            (self.num_heads, head_dim), dtype=self.dtype, lora=self.lora, name=name
         )
         q, k, v = dense("query")(x), dense("key")(x), dense("value")(x)
         q = q * jnp.asarray(head_dim**-0.5, q.dtype)
         encoded = attention.attend(q, k, v, None, implementation=self.attention_impl)
-        return nn.DenseGeneral(width, axis=(-2, -1), dtype=self.dtype, name="out")(encoded)
+        out = Dense((width,), in_axes=2, dtype=self.dtype, lora=self.lora, name="out")
+        return out(encoded)
 
 
 class MlpBlock(nn.Module):
     mlp_dim: int
     dtype: str = "float32"
+    lora: flax.core.FrozenDict | None = None
 
     @nn.compact
     def __call__(self, x):
         width = x.shape[-1]
-        x = nn.Dense(self.mlp_dim, dtype=self.dtype, name="Dense_0")(x)
+        x = Dense((self.mlp_dim,), dtype=self.dtype, lora=self.lora, name="Dense_0")(x)
         x = nn.gelu(x, approximate=True)
-        return nn.Dense(width, dtype=self.dtype, name="Dense_1")(x)
+        return Dense((width,), dtype=self.dtype, lora=self.lora, name="Dense_1")(x)
 
 
 class Encoder1DBlock(nn.Module):
@@ -58,16 +94,18 @@ class Encoder1DBlock(nn.Module):
     num_heads: int
     dtype: str = "float32"
     attention_impl: str = "einsum"
+    lora: flax.core.FrozenDict | None = None
 
     @nn.compact
     def __call__(self, x, _):
         y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="LayerNorm_0")(x)
         y = MultiHeadAttention(
-            self.num_heads, self.dtype, self.attention_impl, name="MultiHeadDotProductAttention_0"
+            self.num_heads, self.dtype, self.attention_impl, self.lora,
+            name="MultiHeadDotProductAttention_0",
         )(y)
         x = checkpoint_name(x + y, "vit_attn_residual")
         y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="LayerNorm_1")(x)
-        y = MlpBlock(self.mlp_dim, self.dtype, name="MlpBlock_0")(y)
+        y = MlpBlock(self.mlp_dim, self.dtype, self.lora, name="MlpBlock_0")(y)
         return checkpoint_name(x + y, "vit_block_out"), None
 
 
@@ -79,6 +117,7 @@ class Encoder(nn.Module):
     attention_impl: str = "einsum"
     remat_policy: str = "none"
     scan_unroll: int = 1
+    lora: flax.core.FrozenDict | None = None
 
     @nn.compact
     def __call__(self, x):
@@ -96,7 +135,8 @@ class Encoder(nn.Module):
             split_rngs={"params": True},
             length=self.depth,
             unroll=self.scan_unroll,
-        )(self.mlp_dim, self.num_heads, self.dtype, self.attention_impl, name="encoderblock")
+        )(self.mlp_dim, self.num_heads, self.dtype, self.attention_impl, self.lora,
+          name="encoderblock")
         x, _ = blocks(x, None)
         return nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="encoder_norm")(x)
 
@@ -115,6 +155,8 @@ class Model(nn.Module):
     attention_impl: str = "einsum"
     remat_policy: str = "none"
     scan_unroll: int = 1
+    # LoRA factors beside the targeted weights (see pg_jax.models.lora); None: none.
+    lora: flax.core.FrozenDict | None = None
 
     @property
     def num_patches(self) -> int:
@@ -146,6 +188,7 @@ class Model(nn.Module):
             self.attention_impl,
             self.remat_policy,
             self.scan_unroll,
+            self.lora,
             name="Transformer",
         )(x)
         return nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x)
