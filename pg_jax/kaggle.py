@@ -130,7 +130,8 @@ def find_inputs(root: str = DEFAULT_ROOT, *, ckpt: str = "", tokenizer: str = ""
     tokenizer = _exists(tokenizer, "tokenizer")
     data = _exists(data, "data directory")
     if not data and len(found_data) > 1:
-        named = [d for d in found_data if "docvqa" in d.lower().replace("document", "doc")]
+        named = [d for d in found_data
+                 if "docvqa" in os.path.relpath(d, root).lower().replace("document", "doc")]
         found_data = named or found_data
     data = data or _one("directories of DocumentVQA parquet shards", found_data, root, "DATA")
 
