@@ -1,7 +1,8 @@
 """The files a Kaggle notebook has attached, and the DocVQA subsets prepared from them.
 
-A Kaggle user attaches a PaliGemma JAX checkpoint from Kaggle Models (``paligemma-3b-pt-224.f16.npz``,
-``paligemma2-3b-pt-448.b16.npz``, ...), its ``paligemma_tokenizer.model`` and the
+A Kaggle user attaches a PaliGemma JAX checkpoint from Kaggle Models
+(``paligemma-3b-pt-224.f16.npz``, ``paligemma2-3b-pt-448.b16.npz``, ...), its
+``paligemma_tokenizer.model`` and the
 ``HuggingFaceM4/DocumentVQA`` parquet shards; they appear somewhere under ``/kaggle/input``::
 
     inputs = kaggle.find_inputs()               # or find_inputs(ckpt=..., data=...) to choose

@@ -46,6 +46,8 @@ def test_notebook_runs_on_the_embedded_default(tmp_path, monkeypatch):
     text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
                      for o in c.outputs)
     assert "the embedded default" in text
+    # The trainer's device line names the resolved attention next to the dtype.
+    assert "compute float32 (auto: float32 on cpu), attention einsum (auto: float32 on cpu)" in text
     workdir = out / "pg_docvqa"
     with open(workdir / "summary.json") as f:
         assert json.load(f)["after"]["steps"] == 2
