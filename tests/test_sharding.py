@@ -55,7 +55,6 @@ def _run_on_fake_devices(script: str, devices: int) -> str:
     return out.stdout + out.stderr[-4000:]
 
 
-@pytest.mark.newest_only  # test_meshes repeats it (.ci/run)
 def test_sharded_step_equals_single_device():
     out = _run_on_fake_devices("sharded_step_check.py", 8)
     assert "SHARDED_OK" in out, out[-6000:]
