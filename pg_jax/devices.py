@@ -53,16 +53,44 @@ def attention_implementation(requested: str, device, *, dtype, softcap: float = 
     bfloat16/float16 ``dtype``, an installed cuDNN that jax can use, no logit soft-cap), else
     the plain einsums, which run everywhere.
     """
+    return attention_choice(requested, device, dtype=dtype, softcap=softcap).value
+
+
+def attention_choice(requested: str, device, *, dtype, softcap: float = 0.0) -> Choice:
+    """``attention_implementation`` with the reason, for the logs."""
     import jax.numpy as jnp
 
     if requested != "auto":
-        return requested
-    if softcap or jnp.dtype(dtype).name not in ("bfloat16", "float16") or device.platform != "gpu":
-        return "einsum"
+        return Choice(requested, "as configured")
+    if softcap:
+        return Choice("einsum", "auto: cuDNN has no logit soft-cap")
+    if jnp.dtype(dtype).name not in ("bfloat16", "float16") or device.platform != "gpu":
+        return Choice("einsum", f"auto: {jnp.dtype(dtype).name} on {device.platform}")
     capability = compute_capability(device)
     if capability is None or capability < CUDNN_ATTENTION_MIN_CAPABILITY:
-        return "einsum"
-    return "cudnn" if cudnn_attention_available(device.device_kind) else "einsum"
+        return Choice("einsum", f"auto: no cuDNN attention on {device.device_kind}")
+    if not cudnn_attention_available(device.device_kind):
+        return Choice("einsum", "auto: jax's cuDNN attention does not compile here")
+    return Choice("cudnn", f"auto: {device.device_kind}")
+
+
+def describe(dtype: str, attention: str, device, model_cfg: dict) -> str:
+    """What the configured ``dtype`` and ``attention`` ("auto" or not) resolve to on ``device``
+    for the model ``model_cfg`` ({"img": ..., "llm": ...}), with why: the trainer's log line.
+
+    The image tower has no logit soft-cap; with PaliGemma 2's the two towers' attention
+    implementations may differ, and both are named then.
+    """
+    compute = compute_dtype(dtype, device)
+    softcap = model_cfg["llm"].get("attn_logits_softcap", 0.0)
+    image = attention_choice(attention, device, dtype=compute.value)
+    llm = attention_choice(attention, device, dtype=compute.value, softcap=softcap)
+    if image == llm:
+        shown = f"{llm.value} ({llm.why})"
+    else:
+        shown = (f"{image.value} in the image tower ({image.why}), "
+                 f"{llm.value} in the LLM ({llm.why})")
+    return f"compute {compute.value} ({compute.why}), attention {shown}"
 
 
 @functools.cache

@@ -259,8 +259,9 @@ def train(config, workdir: str, *, dry_run: bool = False) -> dict:
     log = writer.log
     log(
         f"Devices: {jax.device_count()} x {device.device_kind} ({jax.process_count()} "
-        f"process(es)), mesh {dict(mesh.shape)}; compute {dtype} "
-        f"({devices.compute_dtype(config.dtype, device).why}), frozen weights {frozen_dtype}"
+        f"process(es)), mesh {dict(mesh.shape)}; "
+        f"{devices.describe(config.dtype, config.attention_impl, device, model_cfg)}, "
+        f"frozen weights {frozen_dtype}"
         f"{', dynamic loss scaling' if use_loss_scale else ''}."
     )
     log(

@@ -86,3 +86,27 @@ def test_auto_attention_is_einsum_on_cpu():
     mask = jnp.tril(jnp.ones((5, 5), bool))[None].repeat(2, 0)
     np.testing.assert_array_equal(attention.attend(q, q, q, mask, implementation="auto"),
                                   attention.attend(q, q, q, mask, implementation="einsum"))
+
+
+PG1 = {"img": {}, "llm": {}}
+PG2 = {"img": {}, "llm": {"attn_logits_softcap": 50.0}}
+
+
+def test_trainer_line_names_dtype_and_attention_with_why(monkeypatch):
+    monkeypatch.setattr(devices, "cudnn_attention_available", lambda kind: True)
+    assert devices.describe("auto", "auto", T4, PG1) == (
+        "compute float16 (auto: Tesla T4 has no bfloat16), "
+        "attention einsum (auto: no cuDNN attention on Tesla T4)")
+    assert devices.describe("auto", "auto", A100, PG1) == (
+        "compute bfloat16 (auto: A100), attention cudnn (auto: A100)")
+    # PaliGemma 2's LLM soft-caps its logits, which cuDNN's kernel cannot: the towers differ.
+    assert devices.describe("auto", "auto", A100, PG2) == (
+        "compute bfloat16 (auto: A100), attention cudnn in the image tower (auto: A100), "
+        "einsum in the LLM (auto: cuDNN has no logit soft-cap)")
+    assert devices.describe("auto", "auto", CPU, PG1) == (
+        "compute float32 (auto: float32 on cpu), attention einsum (auto: float32 on cpu)")
+    assert devices.describe("float32", "xla", CPU, PG2) == (
+        "compute float32 (as configured), attention xla (as configured)")
+    monkeypatch.setattr(devices, "cudnn_attention_available", lambda kind: False)
+    assert devices.describe("auto", "auto", A100, PG1).endswith(
+        "attention einsum (auto: jax's cuDNN attention does not compile here)")

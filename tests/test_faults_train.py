@@ -65,6 +65,7 @@ def test_sigint_saves_exits_130_and_the_resumed_run_equals_an_uninterrupted_one(
 
 
 
+@pytest.mark.newest_only  # signal logic only (.ci/run)
 def test_a_second_sigint_exits_at_once(synth, tmp_path):
     wd = str(tmp_path / "run")
     out = _run([sys.executable, RUNNER, wd, f"{synth}/docvqa", "6", "3", "INT2"])

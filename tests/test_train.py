@@ -125,6 +125,7 @@ def test_raw_source_is_prepared_once_into_cache_dir(tiny_json, tmp_path):
     assert train.prepared_training_data(spec, config) == spec  # no cache: the raw source
 
 
+@pytest.mark.newest_only  # the SIGINT test's path (.ci/run)
 def test_sigterm_saves_and_exits_cleanly_then_resumes(synth, tmp_path):
     """Kaggle and TPU preemption send SIGTERM: the run saves the step it is at, exits 143 (so
     that `train && evaluate` stops), and the same command resumes from there to the end."""
@@ -142,6 +143,7 @@ def test_sigterm_saves_and_exits_cleanly_then_resumes(synth, tmp_path):
     assert os.path.exists(os.path.join(wd, "params.npz"))
 
 
+@pytest.mark.newest_only  # the notebook test repeats it (.ci/run)
 def test_shortened_demo_fine_tunes_the_shipped_checkpoint(tmp_path):
     """The embedded default, shortened (2 steps, 16 held-out questions, 30 synthetic pages):
     it generates its set, fine-tunes the shipped checkpoint's attention only, and writes the
