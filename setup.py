@@ -38,6 +38,8 @@ TEST_REQUIRES = [
     "torch>=2.4",
     "transformers>=4.57",
     "protobuf>=4.25",
+    # tests/test_lora_peft.py: PEFT adapters both ways (0.21.2 tested).
+    "peft>=0.21",
     # tests/test_notebook.py executes notebooks/docvqa.ipynb in a Jupyter kernel.
     "nbclient>=0.10",
     "nbformat>=5.10",
