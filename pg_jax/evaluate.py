@@ -73,7 +73,7 @@ def config_spec(a: argparse.Namespace, res: int | None) -> str:
              "tokenizer": a.tokenizer}
     args = [f"{k}={v}" for k, v in extra.items() if v]
     if args:
-        spec += ("," if ":" in os.path.basename(spec) else ":") + ",".join(args)
+        spec += ("," if ".py:" in spec else ":") + ",".join(args)
     return spec
 
 
