@@ -170,3 +170,27 @@ def test_a_single_answer_set_without_types_is_scored_without_a_breakdown():
     assert metrics["pages/val/anls"] == pytest.approx(1 / 3) and metrics["pages/val/num"] == 3
     assert not [k for k in metrics if k.startswith("pages/val/anls/")]
     assert [r["answers"] for r in ev.records] == [["ab"], ["cd"], ["ab cd"]]
+
+
+def test_perplexity_loss_is_the_train_loss(model_and_params, synth):
+    """The perplexity evaluator reduces the train step's answer NLL: on a batch with no padding
+    its loss is `step.loss_fn`'s, and its perplexity exp of the token-level mean."""
+    from configs import docvqa
+    from pg_jax import step
+
+    model, params = model_and_params
+    pp = docvqa.get_config(f"res={RES},text_len=16").input.pp
+    data = {"name": "docvqa_json", "path": os.path.join(synth, "docvqa"), "split": "val",
+            "limit": 4}
+    ((ev, _),) = common.from_config(
+        {"p": {"type": "perplexity", "data": data, "pp_fn": pp, "batch_size": 4, "loss_len": 4}},
+        model=model, tokenizer=None, workdir=None).values()
+    metrics = dict(ev.run(params))
+    (batch,) = list(ev.data.batches())
+    assert batch["_mask"].all()
+    inputs = {k: batch[k] for k in ("image", "text", "mask_ar", "mask_loss", "mask_input")}
+    loss, _ = step.loss_fn(params, inputs, model=model, loss_len=4)
+    nll, tokens, _ = step.answer_nll(params, inputs, model=model, loss_len=4)
+    assert metrics["p/loss"] == pytest.approx(float(loss), rel=1e-5)
+    assert metrics["p/perplexity"] == pytest.approx(float(np.exp(nll.sum() / tokens.sum())),
+                                                    rel=1e-5)
