@@ -33,7 +33,8 @@ tokenizer=/ckpt/paligemma_tokenizer.model,data=/data/docvqa_train_448
   first use and read from there afterwards; ``data=random`` trains on random batches, to
   measure speed on a machine without data or TensorFlow). Arguments (``:key=value,...``): res,
   variant (no ckpt only; the demo with another variant or res starts from random init), ckpt,
-  tokenizer, data, cache_dir, eval_data, freeze (attn | full | llm | vit_frozen), mode
+  tokenizer, data, cache_dir, eval_data, freeze (attn | full | llm | vit_frozen | lora), lora_rank
+  (8), lora_targets (attn | attn_mlp), mode
   (full | runlocal), text_len, dtype (auto | bfloat16 | float16 | float32), sharding (replicate |
   fsdp), synthetic_pages (train pages of the set generated when no data is given; 2000), prompt
   (the prompt template; "{question}"). Leaf overrides:
@@ -65,6 +66,8 @@ CONFIG_ARGS = dict(
     sharding="replicate",
     synthetic_pages=2000,
     prompt="{question}",
+    lora_rank=8,
+    lora_targets="attn",
 )
 
 # Embedded-default settings: tuned to learn visibly in a few minutes on a 2-core CPU.
@@ -224,6 +227,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     cfg.wd = 1e-6
     cfg.wd_mults = [(".*/kernel$", 1.0), (".*_einsum/w$", 1.0)]
     cfg.grad_clip_norm = 1.0
+    if c.freeze == "lora":
+        add_lora(c, cfg)
 
     # Sharding over all devices, logging, checkpoints. "replicate" (data parallel) keeps a full
     # copy of the weights per device: PG1-3B on 2 H100s ran 1.96x one GPU, FSDP 1.05x (the
@@ -245,6 +250,30 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         cfg.evals = {}  # random tokens have nothing to evaluate
 
     return cfg
+
+
+def add_lora(c, cfg) -> None:
+    """LoRA factors on the ``lora_targets`` weights (freeze=lora trains only them).
+
+    The factors are new parameters: ``init_missing`` lets the checkpoint lack them (they are
+    initialised, B = 0, so step 0 is the checkpoint's model). ``lora.adapter`` starts them from
+    a PEFT adapter directory instead (e.g. one trained with transformers + PEFT).
+    """
+    from pg_jax.models import lora  # light: no TensorFlow
+
+    if c.lora_targets not in lora.TARGETS:
+        raise ValueError(f"lora_targets={c.lora_targets!r}: expected one of {sorted(lora.TARGETS)}")
+    cfg.lora = ml_collections.ConfigDict()
+    cfg.lora.rank = c.lora_rank
+    cfg.lora.alpha = float(2 * c.lora_rank)  # scale alpha / rank = 2, as common PEFT recipes
+    cfg.lora.dropout = 0.0
+    cfg.lora.targets = list(lora.TARGETS[c.lora_targets])  # regexes over weight names
+    cfg.lora.adapter = ""
+    cfg.init_missing = [lora.FACTOR_PATTERN]
+    # Factors start at zero effect and have few parameters: they take a larger step than
+    # full attention weights (1e-5).
+    cfg.lr = 2e-3 if c.demo else 2e-4
+    cfg.wd_mults = []  # no decay towards zero on the factors
 
 
 def _schedule(freeze: str, sched: dict) -> list:

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pg_jax.models import gemma, paligemma
+from pg_jax.models import gemma, lora, paligemma
 
 SAMPLERS = ("greedy", "temperature", "top_k", "top_p")
 EOS_ID, PAD_ID = 1, 0
@@ -57,10 +57,13 @@ def decoding_params(model: paligemma.Model, params: dict) -> dict:
     ``decode`` converts stored (stacked) params on every call, which copies every LLM weight
     (3.3 ms per call for PaliGemma 1 3B on an H100). Code that decodes many batches with the
     same weights (evaluators, the predict CLI) converts once with this. The result takes as
-    much memory as the LLM weights again; drop it after decoding.
+    much memory as the LLM weights again; drop it after decoding. LoRA factors are merged
+    into their weights here, so a LoRA model decodes exactly like a plain one.
     """
     if "layers" not in params["llm"]:
         return params  # converted already
+    if model.lora:
+        params = lora.merge_jit(params, model.lora)
     # Only the LLM is converted: the ViT's arrays are shared, not copied.
     return {**params, "llm": _unstack_llm(params["llm"], model.llm["depth"], fused_qkv=True)}
 
@@ -78,7 +81,7 @@ def _decode(params, image, text, mask_input, mask_ar, rng, *, model, max_decode_
     # steps run an unstacked copy of the LLM (made here, or once by
     # decoding_params), with per-layer cache arrays that each step updates in place.
     step_model = model.clone(
-        llm={**model.llm, "scan": False, "fused_qkv": True, "split_gating": False}
+        llm={**model.llm, "scan": False, "fused_qkv": True, "split_gating": False}, lora=None
     )
     variables = {"params": decoding_params(model, params)}  # a no-op once converted
     cache_size = model.num_image_tokens + text.shape[1] + max_decode_len

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 
-from pg_jax.models import loader, variants
+from pg_jax.models import loader, lora, variants
 
 
 def build(config, *, dtype: str, vocab_size: int, tokenizer_path: str = "") -> dict:
@@ -19,7 +19,7 @@ def build(config, *, dtype: str, vocab_size: int, tokenizer_path: str = "") -> d
 
     Args:
       config: the training config (model_init, model_name, remat_policy, attention_impl,
-        unroll_llm_layers, input.res).
+        unroll_llm_layers, input.res, lora).
       dtype: the compute dtype (``devices.resolve_dtypes``).
       vocab_size: the tokenizer's; the model must hold at least as many embeddings.
       tokenizer_path: named in the error when the vocabularies do not match.
@@ -51,6 +51,7 @@ def build(config, *, dtype: str, vocab_size: int, tokenizer_path: str = "") -> d
         )
     if unroll_llm_layers(config):
         model_cfg["llm"]["scan_unroll"] = model_cfg["llm"]["depth"]
+    model_cfg["lora"], _ = lora.from_config(config.get("lora"))
     return model_cfg
 
 

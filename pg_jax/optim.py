@@ -42,6 +42,8 @@ PRESETS: dict[str, list[tuple[str, bool]]] = {
     "llm": [("llm/.*", True), (".*", False)],
     # Everything but the image encoder; its projection `img/head` trains with the LLM.
     "vit_frozen": [("img/head/.*", True), ("img/.*", False), (".*", True)],
+    # LoRA factors only (config.lora says which weights get them; pg_jax.models.lora).
+    "lora": [(r".*_lora_[ab]", True), (".*", False)],
 }
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "adafactor")

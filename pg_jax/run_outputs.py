@@ -14,8 +14,8 @@ import os
 
 import jax
 
-from pg_jax import metrics
-from pg_jax.models import exporter
+from pg_jax import metrics, optim
+from pg_jax.models import exporter, lora, peft_io
 
 
 def read_summary(path: str) -> dict:
@@ -37,9 +37,13 @@ def write_summary(path: str, before: dict, after: dict) -> None:
     os.replace(tmp, path)  # atomic: an interrupted write never leaves half a summary
 
 
-def write_final(config, workdir: str, params, model_cfg: dict, tokenizer_path: str,
+def write_final(config, workdir: str, params, model, model_cfg: dict, tokenizer_path: str,
                 results: dict, log) -> str | None:
     """Exports the params (as configured) and plots the curve; returns the curve's path."""
+    # LoRA factors are written on their own (lora.npz, `pg_jax.export --format peft`); the
+    # exported model has them merged in, so it is a plain PaliGemma.
+    factors = {k: v for k, v in optim.flatten(params).items() if k.endswith(lora.SUFFIXES)}
+    params = lora.merge_jit(params, model.lora) if factors else params
     if jax.process_count() > 1:
         # Arrays sharded across hosts are not addressable from one process: every process
         # takes part in gathering them (a collective), then process 0 writes.
@@ -53,6 +57,10 @@ def write_final(config, workdir: str, params, model_cfg: dict, tokenizer_path: s
         # The exporters fetch one array at a time, so no second full copy is made here.
         exporter.save_npz(params, os.path.join(workdir, "params.npz"))
         written.append(f"{workdir}/params.npz")
+    if factors:
+        peft_io.save_factors(os.path.join(workdir, "lora.npz"), jax.device_get(factors),
+                             model.lora, model_cfg)
+        written.append(f"{workdir}/lora.npz")
     if config.export_hf:
         exporter.save_hf(copy.deepcopy(model_cfg), params, os.path.join(workdir, "hf"),
                          tokenizer=tokenizer_path)

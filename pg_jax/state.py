@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 from pg_jax import optim, sharding
 from pg_jax import step as step_lib
-from pg_jax.models import loader, paligemma
+from pg_jax.models import loader, lora, paligemma
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,9 +64,11 @@ def plan(
       loss_scale: whether the state holds fp16 dynamic loss-scale state.
     """
     trainable = set(opt.trainable)
+    shapes = loader.param_shapes(model)
+    lora.check_targets(model.lora, shapes)
     param_shapes = {
         k: jax.ShapeDtypeStruct(v.shape, jnp.float32 if k in trainable else jnp.dtype(frozen_dtype))
-        for k, v in loader.param_shapes(model).items()
+        for k, v in shapes.items()
     }
     param_shardings = sharding.infer_sharding(param_shapes, strategy, mesh)
     opt_shapes = jax.eval_shape(opt.tx.init, {k: param_shapes[k] for k in opt.trainable})
@@ -84,19 +86,28 @@ def plan(
 
 
 def materialize(p: StatePlan, model: paligemma.Model, *, init_path: str = "", seed: int = 0,
-                model_cfg: dict | None = None) -> dict:
+                model_cfg: dict | None = None, init_missing: tuple[str, ...] = (),
+                adapter: str | None = None) -> dict:
     """The train state's arrays, created straight into their shardings.
+
+    What the checkpoint holds is loaded; the rest (all of it without ``init_path``; with it,
+    the ``init_missing`` parameters it lacks, e.g. new LoRA factors) is initialised by one
+    jitted ``model.init`` that computes only those parameters.
 
     Args:
       p: the `plan`.
-      model: the model (random init when there is no `init_path`).
-      init_path: a checkpoint to load every parameter from (big_vision .npz or HF directory).
+      model: the model (its init makes what is not loaded).
+      init_path: a checkpoint to load parameters from (big_vision .npz or HF directory).
       seed: random init seed.
       model_cfg: the architecture `init_path` must hold (default: whatever it holds).
+      init_missing: regexes of parameters `init_path` may lack (see `loader.load`).
+      adapter: a PEFT LoRA adapter directory whose factors are loaded (see `loader.load`).
     """
+    flat = {}
     if init_path:
         _, params = loader.load(
-            init_path, model_cfg=model_cfg, shardings=lambda k, s: p.param_shardings[k]
+            init_path, model_cfg=model_cfg, shardings=lambda k, s: p.param_shardings[k],
+            init_missing=init_missing, adapter=adapter,
         )
         # Cast leaf by leaf: one leaf's second copy at a time, never a whole second model.
         flat = {
@@ -104,16 +115,51 @@ def materialize(p: StatePlan, model: paligemma.Model, *, init_path: str = "", se
             for k, v in optim.flatten(params).items()
         }
         del params
-    else:
+    missing = sorted(set(p.param_shapes) - set(flat))
+    if missing:
         res = model.img["image_size"]
         dummy = (jnp.zeros((1, res, res, 3)), jnp.zeros((1, 2), jnp.int32),
                  jnp.zeros((1, 2), jnp.int32))
 
-        def init(rng):  # cast inside the jit: no float32 copy of the frozen weights
-            flat = optim.flatten(model.init(rng, *dummy)["params"])
-            return {k: v.astype(p.param_shapes[k].dtype) for k, v in flat.items()}
+        def init(rng):
+            # Only the missing leaves are outputs: XLA drops the rest of the init. Cast inside
+            # the jit: no float32 copy of frozen weights.
+            every = optim.flatten(model.init(rng, *dummy)["params"])
+            return {k: every[k].astype(p.param_shapes[k].dtype) for k in missing}
 
-        flat = jax.jit(init, out_shardings=p.param_shardings)(jax.random.PRNGKey(seed))
+        shardings = {k: p.param_shardings[k] for k in missing}
+        flat.update(jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(seed)))
+    opt_state = jax.jit(p.opt.tx.init, out_shardings=p.shardings["opt"])(
+        {k: flat[k] for k in p.opt.trainable}
+    )
+    state = {"params": optim.unflatten(flat), "opt": opt_state}
+    if "loss_scale" in p.abstract:
+        state["loss_scale"] = jax.device_put(step_lib.init_loss_scale(),
+                                             p.shardings["loss_scale"])
+    return state
+
+
+def materialize_random(p: StatePlan, *, seed: int = 0, std: float = 0.02) -> dict:
+    """A train state of the plan's exact dtypes and shardings, with N(0, std) weights.
+
+    For benchmarks: it is made one leaf at a time, as loading a checkpoint is, so the device's
+    measured peak memory afterwards is the train step's. (``model.init`` of every weight in
+    one program keeps float32 copies alive, which at PaliGemma 2 10B doubled the peak.)
+    LoRA ``B`` factors start at zero, as in `materialize`.
+    """
+    flat, compiled = {}, {}
+    for i, (k, s) in enumerate(sorted(p.param_shapes.items())):
+        sh = p.param_shardings[k]
+        sig = (s.shape, s.dtype, sh)
+        if sig not in compiled:  # one program per distinct leaf
+            compiled[sig] = jax.jit(
+                lambda key, s=s: (std * jax.random.normal(key, s.shape)).astype(s.dtype),
+                out_shardings=sh,
+            )
+        if k.endswith("_lora_b"):
+            flat[k] = jax.jit(lambda s=s: jnp.zeros(s.shape, s.dtype), out_shardings=sh)()
+        else:
+            flat[k] = compiled[sig](jax.random.PRNGKey(seed * 100_003 + i))
     opt_state = jax.jit(p.opt.tx.init, out_shardings=p.shardings["opt"])(
         {k: flat[k] for k in p.opt.trainable}
     )

@@ -48,7 +48,7 @@ from pg_jax import (
 from pg_jax import state as state_lib
 from pg_jax.data import training as training_data
 from pg_jax.evaluators import common as evaluators
-from pg_jax.models import loader, paligemma
+from pg_jax.models import loader, lora, paligemma
 from pg_jax.pp.tokenizer import Tokenizer, get_default_tokenizer_path
 
 # Exit status besides 0 and config_cli.USAGE_ERROR (2): see the module docstring.
@@ -171,8 +171,10 @@ def _train_compiled(run: _Run, compiled, rng, it, first, saved, start_step: int)
     config, ckpt, writer = run.config, run.ckpt, run.writer
     # Loaded or initialised straight into their shardings, then the resumed trainable
     # parameters and optimizer state put in.
-    train_state = state_lib.materialize(run.plan, run.model, init_path=config.model_init,
-                                        seed=config.seed, model_cfg=run.model_cfg)
+    train_state = state_lib.materialize(
+        run.plan, run.model, init_path=config.model_init, seed=config.seed,
+        model_cfg=run.model_cfg, init_missing=tuple(config.get("init_missing", ())),
+        adapter=lora.from_config(config.get("lora"))[1])
     if saved is not None:
         train_state = checkpoint.restore_into(train_state, saved, run.opt.trainable)
         del saved
@@ -205,8 +207,8 @@ def _train_compiled(run: _Run, compiled, rng, it, first, saved, start_step: int)
     evals.run(run.steps_total, train_state["params"], every=True)
     save(run.steps_total, train_state, data_state, force=True)
     ckpt.close()
-    curve = run_outputs.write_final(config, run.workdir, train_state["params"], run.model_cfg,
-                                    run.tok_path, evals.results, writer.log)
+    curve = run_outputs.write_final(config, run.workdir, train_state["params"], run.model,
+                                    run.model_cfg, run.tok_path, evals.results, writer.log)
     summary = {**evals.results, "wall_clock_s": time.time() - run.t_start,
                "steps": run.steps_total}
     run_outputs.print_recap(writer.log, before, evals.results, summary, evals.evals, curve)

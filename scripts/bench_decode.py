@@ -1,4 +1,4 @@
-r"""Decode throughput: pg_jax.decode vs transformers' generate, same random PaliGemma weights.
+r"""Decode throughput: pg_jax.decode vs transformers' and KerasHub's generate, PaliGemma shapes.
 
 For each resolution and batch size: examples/s for prefill + N-token greedy decode (N=16
 by default, no early eos stop on either side; pg_jax's weights converted once to the decode
@@ -19,6 +19,12 @@ Weights: random normal pg_jax params in the benchmark dtype, exported with
 ``pg_jax.models.exporter.save_hf`` and loaded by ``PaliGemmaForConditionalGeneration``, so both
 sides run the same weights (the script also reports whether their greedy tokens agree).
 Needs jax (with CUDA on GPU), torch and transformers; NOT TensorFlow (the GPU machine has none).
+
+KerasHub (``PaliGemmaCausalLM.generate``, JAX backend, greedy sampler, no stop token, random
+bf16 weights of the same shapes built from the config: not the same weights, so no token
+agreement) runs in its own process after each resolution's pg_jax and HF runs
+(``scripts/bench_keras_hub.py``, under ``--keras_python``); it is skipped with a line when keras
+or keras-hub is not installed. "vs best peer" is pg_jax's examples/s over the faster peer's.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -173,26 +180,55 @@ def _device_info() -> dict:
     return info
 
 
+PEERS = ("hf", "keras_hub")
+
+
 def _table(rows: list[dict], bound_ms: dict) -> str:
     head = (
-        "| res | batch | pg_jax ex/s | HF ex/s | speed-up | pg_jax prefill ms | HF prefill ms "
-        "| pg_jax ms/token | HF ms/token | bound ms/token | tokens agree |"
+        "| res | batch | pg_jax ex/s | HF ex/s | KerasHub ex/s | vs best peer | pg_jax prefill ms "
+        "| HF prefill ms | KerasHub prefill ms | pg_jax ms/token | HF ms/token "
+        "| KerasHub ms/token | bound ms/token | tokens agree (HF) |"
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    fmt = lambda v, f="{:.1f}": f.format(v) if v is not None else "-"  # noqa: E731
     for r in rows:
-        hf = r.get("hf") or {}
-        fmt = lambda v, f="{:.1f}": f.format(v) if v is not None else "-"
+        sides = [r["pg_jax"], *(r.get(k) or {} for k in PEERS)]
+        ex_s = " | ".join(fmt(d.get("examples_per_sec")) for d in sides)
+        prefill = " | ".join(fmt(1e3 * d["prefill_seconds"] if "prefill_seconds" in d else None)
+                             for d in sides)  # fmt: skip
+        per_token = " | ".join(fmt(d.get("per_token_ms"), "{:.2f}") for d in sides)
+        best = (f"{r['speedup_vs_best_peer']:.2f}x ({r['best_peer']})"
+                if "best_peer" in r else "-")  # fmt: skip
         lines.append(
-            f"| {r['res']} | {r['batch']} | {fmt(r['pg_jax']['examples_per_sec'])} "
-            f"| {fmt(hf.get('examples_per_sec'))} | {fmt(r.get('speedup'), '{:.2f}x')} "
-            f"| {fmt(1e3 * r['pg_jax']['prefill_seconds'])} "
-            f"| {fmt(1e3 * hf['prefill_seconds'] if hf else None)} "
-            f"| {fmt(r['pg_jax']['per_token_ms'], '{:.2f}')} "
-            f"| {fmt(hf.get('per_token_ms'), '{:.2f}')} "
+            f"| {r['res']} | {r['batch']} | {ex_s} | {best} | {prefill} | {per_token} "
             f"| {fmt(bound_ms[r['res']] if r['batch'] == 1 else None, '{:.2f}')} "
             f"| {fmt(r.get('tokens_agree'), '{:.0%}')} |"
         )
     return "\n".join(lines)
+
+
+def bench_keras_hub(python: str, cfg: dict, a) -> dict:
+    """KerasHub's generate() in its own process (``scripts/bench_keras_hub.py decode``)."""
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_keras_hub.py")
+    cmd = [python, script, "decode", "--model_json", json.dumps(cfg), "--batch",
+           *map(str, a.batch), "--prompt_len", str(a.prompt_len), "--decode_len",
+           str(a.decode_len), "--iters", str(a.iters), "--warmup", str(a.warmup)]  # fmt: skip
+    # This process keeps its JAX memory pool: the child must not take 75% of the GPU either.
+    env = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+    out = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env)
+    line = next((x for x in out.stdout.splitlines() if x.startswith("SIDE_RESULT ")), None)
+    if line is None:
+        tail = (out.stderr + out.stdout).strip().splitlines()
+        return {"error": tail[-1][-300:] if tail else f"exit status {out.returncode}"}
+    return json.loads(line[len("SIDE_RESULT "):])
+
+
+def keras_hub_missing(python: str) -> list[str]:
+    probe = ("import importlib.util, sys; print(' '.join(m for m in sys.argv[1:] "
+             "if importlib.util.find_spec(m) is None))")  # fmt: skip
+    out = subprocess.run([python, "-c", probe, "jax", "keras", "keras_hub"], check=False,
+                         capture_output=True, text=True)  # fmt: skip
+    return out.stdout.split() if out.returncode == 0 else [f"(cannot run {python})"]
 
 
 def main(argv=None) -> int:
@@ -209,7 +245,10 @@ def main(argv=None) -> int:
     p.add_argument("--iters", type=int, default=5, help="timed runs per measurement (median)")
     p.add_argument("--warmup", type=int, default=2, help="untimed runs first (compile, tune)")
     p.add_argument("--hbm_gbps", type=float, default=3350.0, help="HBM bandwidth, GB/s (H100)")
-    p.add_argument("--skip_hf", action="store_true", help="pg_jax only")
+    p.add_argument("--skip_hf", action="store_true", help="no transformers side")
+    p.add_argument("--skip_keras_hub", action="store_true", help="no KerasHub side")
+    p.add_argument("--keras_python", default=sys.executable,
+                   help="interpreter for the KerasHub side (one with keras and keras-hub)")
     p.add_argument("--out", required=True, help="JSON results file")
     a = p.parse_args(argv)
 
@@ -218,6 +257,10 @@ def main(argv=None) -> int:
     results = {"args": vars(a), "device": info, "date": time.strftime("%Y-%m-%d %H:%M"),
                "rows": [], "bound_ms_per_token": {}}  # fmt: skip
     rows = results["rows"]
+    keras_hub = not a.skip_keras_hub
+    if keras_hub and (missing := keras_hub_missing(a.keras_python)):
+        print(f"skipping keras_hub: {' '.join(missing)} not installed for {a.keras_python}")
+        keras_hub = False
     for res in a.res:
         cfg = variants.get_config(
             a.variant,
@@ -261,6 +304,18 @@ def main(argv=None) -> int:
             import torch
 
             torch.cuda.empty_cache() if torch.cuda.is_available() else None
+        if keras_hub:  # after this resolution's pg_jax and HF runs have let go of their weights
+            k = bench_keras_hub(a.keras_python, cfg, a)
+            print(json.dumps({"res": res, "keras_hub": k}), flush=True)
+            by_batch = {x["batch"]: x for x in k.get("rows", [])}
+            for row in (r for r in rows if r["res"] == res):
+                row["keras_hub"] = by_batch.get(row["batch"], {"error": k.get("error")})
+    for row in rows:
+        peers = {k: row[k]["examples_per_sec"] for k in PEERS
+                 if "examples_per_sec" in (row.get(k) or {})}  # fmt: skip
+        if peers:
+            row["best_peer"] = max(peers, key=peers.get)
+            row["speedup_vs_best_peer"] = row["pg_jax"]["examples_per_sec"] / max(peers.values())
     table = _table(rows, results["bound_ms_per_token"])
     results["table"] = table
     print(f"\n{info['jax_device']} ({a.variant}, {a.dtype}, prompt {a.prompt_len} tokens, "

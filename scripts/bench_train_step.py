@@ -36,7 +36,17 @@ import numpy as np
 from pg_jax import accounting, optim, profiling, sharding
 from pg_jax import state as state_lib
 from pg_jax import step as step_lib
-from pg_jax.models import loader, paligemma, variants
+from pg_jax.models import loader, lora, paligemma, variants
+
+
+def lora_config(a: argparse.Namespace) -> dict | None:
+    """``paligemma.Model(lora=...)`` for ``--freeze lora`` (as the trainer's ``config.lora``)."""
+    if a.freeze != "lora":
+        return None
+    targets = a.lora_targets or ["attn_mlp"]
+    if len(targets) == 1 and targets[0] in lora.TARGETS:  # a preset name
+        targets = list(lora.TARGETS[targets[0]])
+    return {"rank": a.lora_rank, "alpha": a.lora_alpha, "targets": targets}
 
 
 def main() -> None:
@@ -45,6 +55,11 @@ def main() -> None:
     p.add_argument("--res", type=int, default=224)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--freeze", default="attn", choices=sorted(optim.PRESETS))
+    p.add_argument("--lora_rank", type=int, default=8, help="--freeze lora: factor rank")
+    p.add_argument("--lora_alpha", type=float, default=8.0, help="--freeze lora: scale alpha/rank")
+    p.add_argument("--lora_targets", nargs="+", metavar="REGEX",
+                   help="--freeze lora: a preset of pg_jax.models.lora.TARGETS (default "
+                        "attn_mlp: q/k/v/o/gate/up/down) or regexes over weight names")
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--frozen_dtype", default="bfloat16")
     p.add_argument("--remat", default="none")
@@ -64,6 +79,7 @@ def main() -> None:
     a = p.parse_args()
 
     text_len, loss_len = 32, 8
+    lora_cfg = lora_config(a)
     cfg = variants.get_config(  # tiny variants take the project tokenizer's vocabulary
         a.variant,
         res=a.res,
@@ -76,6 +92,8 @@ def main() -> None:
         key, value = item.split("=", 1)
         tower, field = key.split(".", 1)
         cfg[tower][field] = ast.literal_eval(value)
+    if lora_cfg is not None:  # the factors are a model field, as the trainer's config.lora
+        cfg["lora"] = lora_cfg
     model = paligemma.Model(**cfg)
     mesh = sharding.make_mesh([("data", -1)])
     shapes = loader.param_shapes(model)
@@ -95,12 +113,13 @@ def main() -> None:
     )
     opt = optim.make(opt_cfg, optim.unflatten(shapes), 1000)
     strategy = [(".*", 'fsdp(axis="data")' if a.strategy == "fsdp" else "replicate()")]
-    # The trainer's own state setup (pg_jax.state): random init straight into the target
-    # dtypes and shardings, no host copy of 3B params.
+    # The trainer's own state plan (pg_jax.state), filled leaf by leaf with random weights
+    # straight in their dtypes and shardings, as a checkpoint is loaded: the measured peak
+    # afterwards is the step's, not an init program's.
     plan = state_lib.plan(model, opt, mesh, strategy, frozen_dtype=a.frozen_dtype,
                           loss_scale=False)
     shapes = plan.param_shapes
-    state = state_lib.materialize(plan, model, seed=0)
+    state = state_lib.materialize_random(plan, seed=0)
     print("Parameters:\n" + accounting.param_overview(shapes, opt.trainable))
 
     rng = np.random.default_rng(0)
@@ -146,6 +165,7 @@ def main() -> None:
         f"llm_unroll={cfg['llm']['scan_unroll']} set={','.join(a.set) or '-'} "
         f"strategy={a.strategy} devices={jax.device_count()}x{dev.device_kind}: "
         f"step {dt * 1e3:.1f} ms, {ex_s:.1f} examples/s, {flops / 1e12:.3f} TFLOP/example, "
+        f"trainable={sum(int(np.prod(shapes[k].shape)) for k in opt.trainable)} "
         f"MFU {mfu:.1%}, peak {stats.get('peak_bytes_in_use', 0) / 2**30:.1f} GiB "
         f"(predicted {(predicted or 0) / 2**30:.1f}), "
         f"loss {float(m['training_loss']):.3f}"

@@ -1,5 +1,5 @@
 """Run in a subprocess with 8 fake CPU devices: the FSDP-sharded and the data-parallel
-(replicated) steps equal one device."""
+(replicated) steps equal one device, for attention-only and for LoRA training."""
 
 import os
 import sys
@@ -16,13 +16,15 @@ from pg_jax import step as step_lib
 from tests import tiny_setup
 
 
-def run(devices, strategy):
+def run(devices, strategy, freeze="attn"):
     mesh = sharding.make_mesh([("data", -1)], devices)
     model = tiny_setup.model()
+    if freeze == "lora":
+        model = model.clone(lora={"rank": 4, "alpha": 8.0, "targets": "attn_mlp"})
     params = tiny_setup.params(model)
     # SGD: linear in the gradient, so float reassociation across devices stays tiny (Adam's
     # g / sqrt(v) turns ~0 gradients into +-lr and amplifies it).
-    opt = optim.make(tiny_setup.opt_config("attn", optax_name="sgd", lr=0.5), params, 10)
+    opt = optim.make(tiny_setup.opt_config(freeze, optax_name="sgd", lr=0.5), params, 10)
     p_sh = sharding.infer_sharding(params, strategy, mesh)
     params = jax.device_put(params, p_sh)
     tr = optim.split(params, opt.trainable)[0]
@@ -60,6 +62,14 @@ def main():
     np.testing.assert_allclose(lr, l1, rtol=1e-5)
     for k in p1:
         np.testing.assert_allclose(pr[k], p1[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    # LoRA: the factors train the same sharded (FSDP shards the stacked factors too).
+    l8, p8, n8 = run(jax.devices(), strategy, "lora")
+    l1, p1, _ = run(jax.devices()[:1], strategy, "lora")
+    assert n8 > 10, f"only {n8} sharded leaves with LoRA"
+    np.testing.assert_allclose(l8, l1, rtol=1e-5)
+    assert l1[2] < l1[0], l1  # the factors learn
+    for k in p1:
+        np.testing.assert_allclose(p8[k], p1[k], rtol=1e-5, atol=1e-6, err_msg=k)
     print("SHARDED_OK", l8, n8)
 
 

@@ -14,12 +14,13 @@ and the output logits are computed in float32 whatever ``dtype`` is (fp16 on
 T4/P100 overflows otherwise).
 """
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
-from pg_jax.models import attention
+from pg_jax.models import attention, lora
 
 QUERY_PRE_ATTN_NORMS = ("rsqrt_head_dim", "rsqrt_emb_per_head")
 
@@ -64,15 +65,18 @@ class RMSNorm(nn.Module):
 
 
 class Einsum(nn.Module):
-    """A weight ``w`` of a given shape applied with an einsum equation."""
+    """A weight ``w`` of a given shape applied with an einsum equation (plus LoRA's term)."""
 
     shape: tuple[int, ...]
     w_init: nn.initializers.Initializer = nn.initializers.zeros_init()
+    lora: flax.core.FrozenDict | None = None
 
     @nn.compact
     def __call__(self, eqn: str, x: jax.Array) -> jax.Array:
         w = self.param("w", self.w_init, self.shape)
-        return jnp.einsum(eqn, x, w.astype(x.dtype))
+        y = jnp.einsum(eqn, x, w.astype(x.dtype))
+        d = lora.delta(self, "w", x, self.shape, self.lora)
+        return y if d is None else y + d
 
 
 def _matmul(x: jax.Array, w: jax.Array) -> jax.Array:
@@ -131,6 +135,7 @@ class Attention(nn.Module):
     query_pre_attn_norm: str = "rsqrt_head_dim"
     attn_logits_softcap: float = 0.0
     attention_impl: str = "einsum"
+    lora: flax.core.FrozenDict | None = None
 
     # True: q, k and v come from one [D, (N + 2K) * H] matrix ("qkv_fused", made by
     # fuse_qkv), and both projections are plain matrix products (_matmul). Decoding uses
@@ -143,6 +148,8 @@ class Attention(nn.Module):
         width = x.shape[-1]
         n, k_heads, h = self.num_heads, self.num_kv_heads, self.head_dim
         if self.fused_qkv:
+            if self.lora:
+                raise ValueError("fused_qkv takes merged weights: lora.merge the params first")
             shape = (width, (n + 2 * k_heads) * h)
             w = self.param("qkv_fused", nn.initializers.lecun_normal(), shape)
             qkv = _matmul(x, w.astype(x.dtype))
@@ -151,11 +158,14 @@ class Attention(nn.Module):
             k, v = (a.reshape(*x.shape[:-1], k_heads, h) for a in (k, v))
         elif n == k_heads:
             # Multi-head checkpoints store q, k and v in one tensor.
-            qkv = Einsum((3, n, width, h), _init((2,), (0, 1, 3)), name="qkv_einsum")
+            qkv = Einsum((3, n, width, h), _init((2,), (0, 1, 3)), self.lora, name="qkv_einsum")
             q, k, v = qkv("BTD,3NDH->3BTNH", x)
         else:
-            q = Einsum((n, width, h), _init((1,), (0, 2)), name="q_einsum")("BTD,NDH->BTNH", x)
-            kv = Einsum((2, k_heads, width, h), _init((2,), (0, 1, 3)), name="kv_einsum")
+            q = Einsum((n, width, h), _init((1,), (0, 2)), self.lora, name="q_einsum")(
+                "BTD,NDH->BTNH", x
+            )
+            kv = Einsum((2, k_heads, width, h), _init((2,), (0, 1, 3)), self.lora,
+                        name="kv_einsum")
             k, v = kv("BSD,2KDH->2BSKH", x)
 
         q = apply_rope(q, positions)
@@ -193,7 +203,7 @@ class Attention(nn.Module):
         if self.fused_qkv:  # decoding: the same weight and product, as one matrix
             out = FlatMatmul((n, h, width), _init((0, 1), (2,)), name="attn_vec_einsum")
             return out(encoded.reshape(*encoded.shape[:-2], n * h)), new_kv
-        out = Einsum((n, h, width), _init((0, 1), (2,)), name="attn_vec_einsum")
+        out = Einsum((n, h, width), _init((0, 1), (2,)), self.lora, name="attn_vec_einsum")
         return out("BTNH,NHD->BTD", encoded), new_kv
 
 
@@ -240,21 +250,28 @@ class FeedForward(nn.Module):
     # weight in two made XLA copy both halves on every token, which dominated one-token steps.
     # Training takes two products: 1.5% more examples/s at PG1-3B 224/32 on an H100.
     split_gating: bool = True
+    lora: flax.core.FrozenDict | None = None
 
     @nn.compact
     def __call__(self, x):
         width = x.shape[-1]
-        gating = self.param("gating_einsum", _init((1,), (0, 2)), (2, width, self.mlp_dim))
+        gating_shape, linear_shape = (2, width, self.mlp_dim), (self.mlp_dim, width)
+        gating = self.param("gating_einsum", _init((1,), (0, 2)), gating_shape)
         gating = gating.astype(x.dtype)
-        linear = self.param("linear", _init((0,), (1,)), (self.mlp_dim, width))
+        linear = self.param("linear", _init((0,), (1,)), linear_shape)
         if self.split_gating:
             gate, up = x @ gating[0], x @ gating[1]
         else:
             both = jnp.broadcast_to(x, (2, *x.shape))
             gate, up = jnp.einsum("K...D,KDF->K...F", both, gating)
+        d = lora.delta(self, "gating_einsum", x, gating_shape, self.lora)
+        if d is not None:
+            gate, up = gate + d[0], up + d[1]
         hidden = gelu_gated(gate, up)
         hidden = checkpoint_name(hidden, "mlp_hidden")
-        return hidden @ linear.astype(x.dtype)
+        out = hidden @ linear.astype(x.dtype)
+        d = lora.delta(self, "linear", hidden, linear_shape, self.lora)
+        return out if d is None else out + d
 
 
 class Block(nn.Module):
@@ -271,6 +288,7 @@ class Block(nn.Module):
     attention_impl: str = "einsum"
     fused_qkv: bool = False
     split_gating: bool = True
+    lora: flax.core.FrozenDict | None = None
 
     @nn.compact
     def __call__(self, x, scanned, positions, key_positions, attn_mask, cache_index):
@@ -292,6 +310,7 @@ class Block(nn.Module):
             self.query_pre_attn_norm,
             self.attn_logits_softcap,
             self.attention_impl,
+            self.lora,
             self.fused_qkv,
             name="attn",
         )(y, positions, attn_mask, kv_cache, cache_index)
@@ -299,7 +318,7 @@ class Block(nn.Module):
             y = RMSNorm(name="post_attention_norm")(y)
         x = checkpoint_name(x + y, "attn_residual")
         y = RMSNorm(name="pre_ffw_norm")(x)
-        y = FeedForward(self.mlp_dim, self.split_gating, name="mlp")(y)
+        y = FeedForward(self.mlp_dim, self.split_gating, self.lora, name="mlp")(y)
         if self.post_norms:
             y = RMSNorm(name="post_ffw_norm")(y)
         return checkpoint_name(x + y, "block_out"), new_kv
@@ -341,6 +360,8 @@ class Model(nn.Module):
     # GeGLU's gate and up as two products (training) or one batched product (decoding); see
     # FeedForward.split_gating.
     split_gating: bool = True
+    # LoRA factors beside the targeted weights (see pg_jax.models.lora); None: none.
+    lora: flax.core.FrozenDict | None = None
 
     def setup(self):
         self.embedder = Embedder(self.vocab_size, self.width)
@@ -368,6 +389,7 @@ class Model(nn.Module):
             self.attention_impl,
             self.fused_qkv,
             self.split_gating,
+            self.lora,
         )
         if self.scan:
             self.layers = nn.scan(

@@ -29,6 +29,7 @@ checkpoint is never held twice in host memory.
 
 import json
 import os
+import re
 from collections.abc import Callable
 
 import flax
@@ -36,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pg_jax.models import hf_config, hf_convert, npz_io, paligemma
+from pg_jax.models import hf_config, hf_convert, lora, npz_io, paligemma
 from pg_jax.models.npz_io import CheckpointError
 from pg_jax.models.safetensors_io import SafetensorsFile
 
@@ -102,10 +103,17 @@ def infer_config(shapes: dict[str, tuple[int, ...]], source: str = "checkpoint")
 
 
 def apply_overrides(model_cfg: dict, **overrides) -> dict:
-    """Returns a copy of ``model_cfg`` with overrides routed to their tower(s)."""
+    """Returns a copy of ``model_cfg`` with overrides routed to their tower(s).
+
+    ``lora`` (see `pg_jax.models.lora`) is the model's, not a tower's.
+    """
     cfg = {"img": dict(model_cfg["img"]), "llm": dict(model_cfg["llm"])}
+    if model_cfg.get("lora"):
+        cfg["lora"] = dict(model_cfg["lora"])
     for key, value in overrides.items():
-        if key in BOTH_TOWERS:
+        if key == "lora":
+            cfg["lora"] = dict(value) if value else None
+        elif key in BOTH_TOWERS:
             cfg["img"][key] = cfg["llm"][key] = value
         elif key in LLM_ONLY:
             cfg["llm"][key] = value
@@ -115,7 +123,7 @@ def apply_overrides(model_cfg: dict, **overrides) -> dict:
         else:
             raise ValueError(
                 f"unknown override {key!r}; known: {', '.join(BOTH_TOWERS + LLM_ONLY)}, "
-                "img.<field>, llm.<field>"
+                "lora, img.<field>, llm.<field>"
             )
     return cfg
 
@@ -139,6 +147,9 @@ class _NpzReader:
 
     def model_cfg(self) -> dict:
         return infer_config(self.shapes, self.path)
+
+    def holds(self, cfg: dict, key: str) -> bool:
+        return key in self.shapes
 
     def check(self, cfg: dict, expected: dict) -> None:
         _check_keys(self.path, expected, self.shapes)
@@ -189,6 +200,12 @@ class _HFReader:
         hf_shapes = jax.eval_shape(spec.to_hf, one)
         return [(i, {part: (t.format(i=i), hf_shapes[part].shape) for part, t in spec.hf.items()})
                 for i in layers]
+
+    def holds(self, cfg: dict, key: str) -> bool:
+        spec = hf_convert.specs_for(cfg).get(key)
+        return spec is not None and all(
+            t.format(i=0) in self.shapes for t in spec.hf.values()
+        )
 
     def check(self, cfg: dict, expected: dict) -> None:
         specs = hf_convert.specs_for(cfg)
@@ -255,6 +272,8 @@ def load(
     model_cfg: dict | None = None,
     param_dtype=None,
     shardings: jax.sharding.Sharding | dict | Callable | None = None,
+    init_missing: tuple[str, ...] = (),
+    adapter: str | None = None,
     **overrides,
 ) -> tuple[paligemma.Model, dict]:
     """Loads a PaliGemma checkpoint.
@@ -268,7 +287,15 @@ def load(
       shardings: where to put each array as it is read: one Sharding for all, a
         nested dict like the params, or ``fn(key, shape) -> Sharding``. Default:
         the default device.
-      **overrides: model fields (see the module docstring).
+      init_missing: regexes of parameters the checkpoint may lack (e.g. new LoRA factors):
+        those it holds are read, the others are left out of ``params`` for the caller to
+        initialise (`pg_jax.state.materialize` does). Every other parameter must be there.
+      adapter: a PEFT LoRA adapter directory (``adapter_config.json`` and
+        ``adapter_model.safetensors``) to put on the checkpoint: the model gets its LoRA
+        config and ``params`` its factors (see `pg_jax.models.peft_io`).
+      **overrides: model fields (see the module docstring); ``lora=dict(rank=, alpha=,
+        targets=)`` adds LoRA factors, which the checkpoint must hold unless ``adapter`` or
+        ``init_missing`` (e.g. ``(lora.FACTOR_PATTERN,)``) says where they come from.
 
     Returns:
       (model, params): ``model.apply({"params": params}, image, text, mask_ar)``
@@ -276,8 +303,26 @@ def load(
     """
     reader = _open(path)
     cfg = apply_overrides(model_cfg or reader.model_cfg(), **overrides)
+    factors = {}
+    if adapter:
+        from pg_jax.models import peft_io  # only adapter users need it
+
+        cfg["lora"], factors = peft_io.load_adapter(adapter, cfg, expected_lora=cfg.get("lora"))
     model = paligemma.Model(**cfg)
-    expected = param_shapes(model)
+    shapes = param_shapes(model)
+    lora.check_targets(model.lora, shapes)
+    for key, arr in factors.items():
+        if tuple(arr.shape) != tuple(shapes[key].shape):
+            raise CheckpointError(
+                f"{adapter}: factor {key} has shape {tuple(arr.shape)}, this model's is "
+                f"{tuple(shapes[key].shape)}; the adapter is for another model"
+            )
+    # What to read: everything but the adapter's factors and absent `init_missing` keys.
+    expected = {
+        k: v for k, v in shapes.items()
+        if k not in factors
+        and (not any(re.fullmatch(p, k) for p in init_missing) or reader.holds(cfg, k))
+    }
     reader.check(cfg, expected)
 
     if isinstance(shardings, dict):
@@ -289,7 +334,7 @@ def load(
         shard_for = lambda k, s: shardings  # noqa: E731
 
     flat = {}
-    for key, arr in reader.read_all(cfg, expected):
+    for key, arr in [*reader.read_all(cfg, expected), *factors.items()]:
         if param_dtype is not None:
             arr = arr.astype(param_dtype)
         sharding = shard_for(key, arr.shape)

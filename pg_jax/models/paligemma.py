@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from pg_jax.models import attention, gemma, siglip
+from pg_jax.models import attention, gemma, lora, siglip
 
 
 def make_attn_mask(input_mask: jax.Array, mask_ar: jax.Array) -> jax.Array:
@@ -56,20 +56,26 @@ def positions_from_mask(input_mask: jax.Array) -> jax.Array:
 
 
 class Model(nn.Module):
-    """PaliGemma. ``img`` and ``llm`` are the keyword arguments of the towers."""
+    """PaliGemma. ``img`` and ``llm`` are the keyword arguments of the towers.
+
+    ``lora``: optional LoRA factors beside the weights its ``targets`` name (see
+    `pg_jax.models.lora`), e.g. ``dict(rank=8, alpha=16.0, targets=lora.TARGETS["attn"])``.
+    """
 
     img: dict
     llm: dict
+    lora: dict | None = None
 
     def __post_init__(self):
         # Frozen (hashable) tower configs make the module usable as a static
         # argument of jax.jit, e.g. by the decode loop.
         object.__setattr__(self, "img", flax.core.FrozenDict(self.img))
         object.__setattr__(self, "llm", flax.core.FrozenDict(self.llm))
+        object.__setattr__(self, "lora", lora.normalize(self.lora))
         super().__post_init__()
 
     def setup(self):
-        self._llm = gemma.Model(**self.llm, name="llm")
+        self._llm = gemma.Model(**self.llm, lora=self.lora, name="llm")
         self._img = siglip.Model(num_classes=self.llm["width"], **self.img, name="img")
 
     @property
