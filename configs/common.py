@@ -58,3 +58,52 @@ def _convert(key: str, value: str, default):
                 f"config argument {key}={value!r}: expected {type(default).__name__}"
             ) from None
     return value
+
+
+def tokenize(key: str, tokenizer: str = "", **kw) -> str:
+    """The ``tok`` op for ``key`` (``tokenizer`` "": the small project tokenizer)."""
+    args = [f"key={key!r}"] + [f"{k}={v!r}" for k, v in kw.items()]
+    if tokenizer:
+        args.append(f"model={tokenizer!r}")
+    return f"tok({', '.join(args)})"
+
+
+def combine_and_keep_train(text_len: int, tokenizer: str = "") -> str:
+    """Ops after ``prefix`` and ``suffix`` are set: ``[bos] prefix "\\n" suffix [eos]``, padded.
+
+    The sequence is text_len + 1 long (the trainer feeds text[:-1] and scores text[1:]); only
+    the suffix is auto-regressive and scored.
+    """
+    n = text_len + 1
+    return "|".join([
+        tokenize("prefix", tokenizer, bos="yes"),
+        tokenize("septok", tokenizer, text="\n"),
+        tokenize("suffix", tokenizer, eos="yes"),
+        f"fit({n})",
+        "masked_concat(['prefix', 'septok', 'suffix'], mask_ar=[0, 0, 1], mask_loss=[0, 0, 1], "
+        + "mask_input=[1, 1, 1])",
+        f"tolen({n}, pad_value=0, key='text')|tolen({n}, pad_value=1, key='mask_ar')",
+        f"tolen({n}, pad_value=0, key='mask_loss')|tolen({n}, pad_value=0, key='mask_input')",
+        "keep('image', 'text', 'mask_ar', 'mask_loss', 'mask_input', 'truncated')",
+    ])  # fmt: skip
+
+
+def combine_and_keep_eval(text_len: int, tokenizer: str = "", keep: tuple = ()) -> str:
+    """Ops after ``prefix`` is set: ``[bos] prefix "\\n"``, padded to text_len, for decoding.
+
+    Args:
+      text_len: prompt tokens (a longer prefix is cut and counted in ``truncated``).
+      tokenizer: SentencePiece path ("": the project tokenizer).
+      keep: example keys kept besides the model inputs (answers, ids, ...).
+    """
+    return "|".join([
+        tokenize("prefix", tokenizer, bos="yes"),
+        tokenize("septok", tokenizer, text="\n"),
+        f"fit({text_len}, suffix=None, min_prefix=1)",
+        "masked_concat(['prefix', 'septok'], mask_ar=[0, 0], mask_input=[1, 1])",
+        f"tolen({text_len}, pad_value=0, key='text')",
+        f"tolen({text_len}, pad_value=1, key='mask_ar')",
+        f"tolen({text_len}, pad_value=0, key='mask_input')",
+        "keep(" + ", ".join(repr(k) for k in ("image", "text", "mask_ar", "mask_input",
+                                              "truncated", *keep)) + ")",
+    ])  # fmt: skip

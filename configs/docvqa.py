@@ -36,8 +36,8 @@ tokenizer=/ckpt/paligemma_tokenizer.model,data=/data/docvqa_train_448
   tokenizer, data, cache_dir, eval_data, freeze (attn | full | llm | vit_frozen | lora), lora_rank
   (8), lora_targets (attn | attn_mlp), mode
   (full | runlocal), text_len, dtype (auto | bfloat16 | float16 | float32), sharding (replicate |
-  fsdp), synthetic_pages (train pages of the set generated when no data is given; 2000). Leaf
-  overrides:
+  fsdp), synthetic_pages (train pages of the set generated when no data is given; 2000), prompt
+  (the prompt template; "{question}"). Leaf overrides:
   ``--config.lr=3e-5 --config.input.batch_size=16``.
 """
 
@@ -48,7 +48,7 @@ import os
 import ml_collections
 
 import pg_jax
-from configs.common import parse_arg
+from configs.common import combine_and_keep_eval, combine_and_keep_train, parse_arg
 
 # The structural arguments (``configs/docvqa.py:key=value,...``) and their defaults.
 CONFIG_ARGS = dict(
@@ -65,6 +65,7 @@ CONFIG_ARGS = dict(
     dtype="auto",
     sharding="replicate",
     synthetic_pages=2000,
+    prompt="{question}",
     lora_rank=8,
     lora_targets="attn",
 )
@@ -78,35 +79,35 @@ DEMO_FINETUNE_STEPS = 400
 DEMO_CHECKPOINT = os.path.join(os.path.dirname(pg_jax.__file__), "assets", "demo_tiny_pg1_112.npz")
 
 
-def _data_source(path: str, split: str, synthetic_pages: int = 2000) -> dict:
-    """A data.get(...) spec for a path: prepared cache, HF parquet dir or DocVQA JSON release
-    ("random": random batches, for measuring speed without data; see pg_jax.data.random_batches).
-    """
+def _data(path: str, split: str, synthetic_pages: int = 2000) -> dict:
+    """``config.input.data`` for a path: the reader is chosen from what is there when the data
+    is read (``pg_jax.data.core.resolve``), so the config stays data. "random": random batches,
+    to measure speed without data (``pg_jax.data.random_batches``); "": the synthetic set."""
     if path == "random":
         return {"name": "random"}
-    if not path:
-        return {
-            "name": "docvqa_json",
-            "path": "synthetic",
-            "split": split,
-            "num_pages": synthetic_pages,
-        }  # resolved by the trainer
-    if os.path.exists(os.path.join(path, "manifest.json")):
-        return {"name": "docvqa_prepared", "path": path}
-    if os.path.isdir(path) and any(
-        f.endswith(".parquet") for _, _, fs in os.walk(path) for f in fs
-    ):
-        return {"name": "docvqa_hf", "path": path, "split": split}
-    return {"name": "docvqa_json", "path": path, "split": split}
+    if not path:  # generated on first use by the trainer
+        return {"name": "docvqa_json", "path": "synthetic", "split": split,
+                "num_pages": synthetic_pages}
+    return {"name": "docvqa", "path": path, "split": split}
+
+
+def _pp_image(res: int) -> str:
+    return f"decode|resize({res})|value_range(-1, 1)"
 
 
 def training_data(c) -> ml_collections.ConfigDict:
     """The input section: source, preprocessing and batching."""
     inp = ml_collections.ConfigDict()
-    inp.data = _data_source(c.data, "train", c.synthetic_pages)
+    inp.data = _data(c.data, "train", c.synthetic_pages)
     inp.res = c.res
     inp.text_len = c.text_len
-    inp.prompt = "{question}"  # big_vision's DocVQA prompt (HF recipes: "answer en {question}")
+    # big_vision's DocVQA prompt is the bare question (HF recipes: "answer en {question}"); one
+    # of the accepted answers, chosen per example and epoch, is the target.
+    inp.pp = "|".join([
+        _pp_image(c.res),
+        f"prompt({c.prompt!r})|choice(inkey='answers', outkey='suffix')",
+        combine_and_keep_train(c.text_len, c.tokenizer),
+    ])  # fmt: skip
     inp.batch_size = 2 if c.mode == "runlocal" else (16 if c.demo else 8)
     inp.shuffle_buffer = 0 if c.mode == "runlocal" else 1000
     # A directory to prepare a raw (parquet / JSON) source into on first use, so that later runs
@@ -115,23 +116,31 @@ def training_data(c) -> ml_collections.ConfigDict:
     return inp
 
 
+def vqa_eval_pp(c) -> str:
+    """Decoding input plus what scoring and the report read: the accepted answers (padded to
+    16 so they batch; "" is ignored), the question and its types (padded to 8)."""
+    return "|".join([
+        _pp_image(c.res),
+        f"prompt({c.prompt!r})",
+        "tolen(16, pad_value='', key='answers')|tolen(8, pad_value='', key='question_types')",
+        combine_and_keep_eval(c.text_len, c.tokenizer,
+                              keep=("answers", "question_id", "question", "question_types")),
+    ])  # fmt: skip
+
+
 def add_evals(c, cfg) -> None:
     """Held-out perplexity and the ANLS decode evaluator (with an image-blind baseline)."""
-    split = "val"
-    data = _data_source(c.eval_data or c.data, split, c.synthetic_pages)
+    data = _data(c.eval_data or c.data, "val", c.synthetic_pages)
     limit = 16 if c.mode == "runlocal" else (256 if c.demo else None)
     if limit:
-        data["limit"] = limit
-    if data["name"] == "docvqa_prepared":
-        data.pop("limit", None)
+        data["limit"] = limit  # a prepared cache ignores it (its selection is fixed)
     every = 0 if c.demo else 500
     cfg.evals = {}
     cfg.evals["docvqa/val/pplx"] = {
         "type": "perplexity",
         "every_steps": every,
         "data": data,
-        "res": c.res,
-        "text_len": c.text_len,
+        "pp_fn": cfg.input.pp,  # the training loss's input, answers chosen with a fixed seed
         "batch_size": 64 if c.demo else 16,
         "loss_len": cfg.loss_len,
     }
@@ -139,14 +148,13 @@ def add_evals(c, cfg) -> None:
         "type": "vqa",
         "every_steps": every,
         "data": data,
-        "res": c.res,
-        "text_len": c.text_len,
+        "pp_fn": vqa_eval_pp(c),
         "batch_size": 64 if c.demo else 16,
         "max_decode_len": 8 if c.demo else c.text_len,
         # The demo's HTML report: each held-out question with its page, worst first.
         "report": c.demo,
         # Prints what an image-blind model (the most common training answer) scores.
-        "baseline_data": training_data(c).data.to_dict(),
+        "baseline_data": cfg.input.data.to_dict(),
     }
 
 

@@ -107,3 +107,16 @@ def cudnn_attention_available(device_kind: str) -> bool:
     except Exception:  # noqa: BLE001 - any refusal (no cuDNN, too old, no GPU) means "no"
         return False
     return True
+
+
+def resolve_dtypes(config, device) -> tuple[str, str, bool]:
+    """(compute dtype, frozen storage dtype, dynamic loss scaling) from the config's "auto"s.
+
+    Args:
+      config: the training config (dtype, frozen_dtype, loss_scale).
+      device: the device the run computes on.
+    """
+    dtype = compute_dtype(config.dtype, device).value
+    frozen = config.frozen_dtype if config.frozen_dtype != "auto" else dtype
+    scale = config.loss_scale == "dynamic" or (config.loss_scale == "auto" and dtype == "float16")
+    return dtype, frozen, scale

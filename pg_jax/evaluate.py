@@ -34,7 +34,7 @@ from pg_jax.evaluators import common
 # Where the data, the config and the checkpoint come from.
 # ---------------------------------------------------------------------------------------------
 def data_spec(path: str | None, split: str, limit: int | None = None) -> dict:
-    """A ``pg_jax.data.core.get`` spec for a directory, picking the reader by what is there.
+    """A ``pg_jax.data.core.get`` spec for a directory (``core.resolve`` picks the reader).
 
     Args:
       path: a prepare_data cache (manifest.json), an HF parquet directory, the original DocVQA
@@ -44,24 +44,37 @@ def data_spec(path: str | None, split: str, limit: int | None = None) -> dict:
       limit: the first ``limit`` questions only.
 
     Returns:
-      {"name": ..., "path": ..., ...}.
+      {"name": "docvqa", "path": ..., "split": ..., "limit": ...}.
     """
     if path is None:
         from pg_jax.data import synthetic
 
         path = synthetic.ensure_synthetic()
+    return {"name": "docvqa", "path": path, "split": split, "limit": limit}
+
+
+def default_config_path() -> str:
+    """configs/docvqa.py of this checkout: where the flags-only mode takes its preprocessing."""
+    import pg_jax
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(pg_jax.__file__)))
+    path = os.path.join(root, "configs", "docvqa.py")
     if not os.path.exists(path):
-        raise FileNotFoundError(f"data directory {path} does not exist")
-    if os.path.exists(os.path.join(path, "manifest.json")):
-        spec = {"name": "docvqa_prepared", "path": path}
-        if limit:
-            print("note: --limit is ignored for a prepared cache (its selection is fixed)")
-        return spec
-    if os.path.isdir(os.path.join(path, "docvqa")):  # A synthetic set: use its JSON copy.
-        path = os.path.join(path, "docvqa")
-    elif any(f.endswith(".parquet") for _, _, files in os.walk(path) for f in files):
-        return {"name": "docvqa_hf", "path": path, "split": split, "limit": limit}
-    return {"name": "docvqa_json", "path": path, "split": split, "limit": limit}
+        raise ValueError(f"{path} not found (pg_jax is not run from its repository); pass "
+                         "--config path/to/configs/docvqa.py[:key=value,...]")
+    return path
+
+
+def config_spec(a: argparse.Namespace, res: int | None) -> str:
+    """The config to read: --config, or configs/docvqa.py at the checkpoint's res; the prompt
+    flags (--text_len, --prompt, --tokenizer) become its arguments, so its pp strings use them."""
+    spec = a.config or f"{default_config_path()}:res={res},text_len={a.text_len or 48}"
+    extra = {"text_len": a.text_len if a.config else None, "prompt": a.prompt,
+             "tokenizer": a.tokenizer}
+    args = [f"{k}={v}" for k, v in extra.items() if v]
+    if args:
+        spec += ("," if ".py:" in spec else ":") + ",".join(args)
+    return spec
 
 
 def evals_from_config(config, split: str | None, limit: int | None) -> dict[str, dict]:
@@ -72,9 +85,12 @@ def evals_from_config(config, split: str | None, limit: int | None) -> dict[str,
         entry = dict(entry)
         if entry.get("type") != "vqa":
             continue
+        from pg_jax.data import core
+
         data = dict(entry["data"])
         if split:
-            if data["name"] == "docvqa_prepared":
+            if data.get("path") not in (None, "synthetic") and \
+                    core.resolve(data)["name"] == "docvqa_prepared":
                 continue  # A prepared cache is one fixed split; its prefix says which.
             data["split"] = split
             prefix = f"{prefix.rsplit('/', 1)[0]}/{split}"
@@ -182,19 +198,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         check_writable(a.workdir)  # before decoding anything: the outputs must be writable
         ckpt = resolve_ckpt(a.ckpt, a.workdir)
-        tokenizer = a.tokenizer
-        if a.config:
-            config = config_cli.load_config(a.config)
+        if a.config:  # config errors before the weights are loaded
+            config = config_cli.load_config(config_spec(a, None))
             evals = evals_from_config(config, a.split, a.limit)
-            tokenizer = tokenizer or (config.tokenizer if "tokenizer" in config else None) or None
-        else:
-            split = a.split or "val"
-            evals = {f"docvqa/{split}": {"type": "vqa", "data": data_spec(a.data, split, a.limit)}}
-        # Flags override the config's entries; unset flags keep the config's or the defaults.
-        flags = {k: getattr(a, k) for k in ("batch_size", "max_decode_len", "text_len", "prompt")}
-        for entry in evals.values():
-            entry.update({k: v for k, v in flags.items() if v is not None})
-            entry.update(report=not a.no_report, report_rows=a.report_rows, progress=True)
 
         import jax
         import jax.numpy as jnp
@@ -214,10 +220,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         res = model.img["image_size"]
         if a.res and a.res != res:
             raise ValueError(f"--res {a.res}: checkpoint {ckpt} is at {res} px")
+        if a.config and config.input.res != res:
+            raise ValueError(f"config eval at res {config.input.res}; checkpoint is at {res} px")
+        if not a.config:  # the preprocessing of configs/docvqa.py's vqa eval, at this res
+            config = config_cli.load_config(config_spec(a, res))
+            split = a.split or "val"
+            evals = {f"docvqa/{split}": {"type": "vqa", "data": data_spec(a.data, split, a.limit),
+                                         "pp_fn": config.evals["docvqa/val"]["pp_fn"]}}
+        tokenizer = a.tokenizer or (config.tokenizer if "tokenizer" in config else None) or None
+        # Flags override the config's entries; unset flags keep the config's or the defaults.
+        flags = {k: getattr(a, k) for k in ("batch_size", "max_decode_len")}
         for entry in evals.values():
-            if entry.get("res", res) != res:
-                raise ValueError(f"config eval at res {entry['res']}; checkpoint is at {res} px")
-            entry["res"] = res
+            entry.update({k: v for k, v in flags.items() if v is not None})
+            entry.update(report=not a.no_report, report_rows=a.report_rows, progress=True)
         built = common.from_config(evals, model=model, tokenizer=tokenizer, workdir=a.workdir)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -11,7 +11,13 @@ accumulation (the same effective batch in smaller micro-batches), frozen weights
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+
+from pg_jax import accounting, model_config
+from pg_jax import state as state_lib
+from pg_jax import step as step_lib
+from pg_jax.models import paligemma
 
 GiB = 2**30
 _CONFIG_KEY = {"frozen": "frozen_dtype"}  # change keys that are not named as the config leaf
@@ -63,3 +69,39 @@ def report(peak: float | None, limit: float | None,
         lines.append("  Or: a lower resolution (res=), a smaller batch (--config.input.batch_size), "
                      "and on several devices sharding=fsdp (config arguments).")
     return fits, "\n".join(lines)
+
+
+def compile_checked(run, rng, batch, log):
+    """The run's train step compiled, and whether it fits: (compiled, fits, peak, device bytes).
+
+    Logs the memory report and the fit report. ``run`` is the trainer's setup (config, model,
+    model_cfg, opt, plan, mesh, device, dtypes).
+
+    When the step does not fit, the same step with each candidate change (remat, gradient
+    accumulation, 16-bit frozen weights) is compiled from shapes to predict what would.
+    """
+    config, device = run.config, run.device
+    _, frozen_dtype, loss_scale = run.dtypes
+
+    def compile_step(remat_policy=config.remat_policy, grad_accum_steps=config.grad_accum_steps,
+                     frozen=frozen_dtype):
+        m, p = run.model, run.plan
+        if remat_policy != config.remat_policy or frozen != frozen_dtype:
+            m = paligemma.Model(**model_config.with_remat(run.model_cfg, remat_policy))
+            p = state_lib.plan(m, run.opt, run.mesh, config.sharding_strategy,
+                               frozen_dtype=frozen, loss_scale=loss_scale)
+        return step_lib.compile_train_step(m, run.opt, p, rng, batch, loss_len=config.loss_len,
+                                           grad_accum_steps=grad_accum_steps)
+
+    t0 = time.time()
+    compiled = compile_step()
+    memory, peak, limit = accounting.memory_report(compiled, device)
+    log(f"Compiled the train step in {time.time() - t0:.1f}s. Memory:\n{memory}")
+    fits, fit_report = report(
+        peak, limit,
+        predict=lambda change: accounting.memory_report(compile_step(**change), device)[1],
+        changes=candidates(config.remat_policy, config.grad_accum_steps, frozen_dtype,
+                               config.input.batch_size),
+    )
+    log(fit_report)
+    return compiled, fits, peak, limit

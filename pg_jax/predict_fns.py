@@ -1,12 +1,16 @@
 """Named inference functions for evaluators: ``get_all(model)[name](params, batch, **kw)``.
 
-An evaluator config names one (``pred="decode"``, ``pred_kw={"max_decode_len": 32}``), so a new
+Evaluators are handed these (``pg_jax.evaluators.common.from_config``) and never build their own;
+an evaluator config names one (``pred="decode"``, ``pred_kw={"max_decode_len": 32}``), so a new
 task adds a function here instead of touching the trainer. Every function takes the params
-(a pytree, possibly sharded) and a batch dict of arrays with a leading batch axis.
+(a pytree, possibly sharded) and a batch dict of arrays with a leading batch axis;
+``fn.prepare(params)`` converts the params once for many calls (decoding's layout).
 
-  "decode"  int32[B, L] generated tokens, eos included, then padding (``pg_jax.decode``).
-  "logits"  (float32[B, T-1, V] next-token logits of ``text[:, :-1]``, intermediates): the
-            training forward, for perplexity-style evaluators.
+  "decode"      int32[B, L] generated tokens, eos included, then padding (``pg_jax.decode``).
+  "logits"      (float32[B, T-1, V] next-token logits of ``text[:, :-1]``, intermediates): the
+                training forward.
+  "answer_nll"  (float32[B] summed answer-token NLL, int32[B] answer tokens): the training
+                loss's per-example terms (``pg_jax.step.answer_nll``), for perplexity.
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ import jax
 import jax.numpy as jnp
 
 from pg_jax import sharding
+from pg_jax import step as step_lib
 from pg_jax.decode import decode as _decode_tokens
+from pg_jax.decode import decoding_params
 from pg_jax.models import paligemma
 
 
@@ -94,7 +100,34 @@ def _logits(params: dict, batch: dict, *, model: paligemma.Model):
     return to_local(logits), to_local(out)
 
 
-def get_all(model: paligemma.Model) -> dict[str, Callable]:
+@functools.partial(jax.jit, static_argnames=("model", "loss_len"))
+def _answer_nll_jit(params, batch, *, model, loss_len):
+    nll, tokens, _ = step_lib.answer_nll(params, batch, model=model, loss_len=loss_len)
+    return nll, tokens
+
+
+def _answer_nll(params: dict, batch: dict, *, model: paligemma.Model, loss_len: int):
+    """Per-example answer NLL and token counts, as the train loss computes them."""
+    keys = ("image", "text", "mask_ar", "mask_loss", "mask_input")
+    placed, to_local = place_batch(params, {k: batch[k] for k in keys})
+    return to_local(_answer_nll_jit(params, placed, model=model, loss_len=loss_len))
+
+
+class PredictFn:
+    """``fn(params, batch, **kw)`` bound to a model, with ``prepare(params)`` for many calls."""
+
+    def __init__(self, fn: Callable, model: paligemma.Model, prepare: Callable | None = None):
+        self._fn, self._model, self._prepare = fn, model, prepare
+
+    def __call__(self, params, batch, **kw):
+        return self._fn(params, batch, model=self._model, **kw)
+
+    def prepare(self, params):
+        """The params in the layout this function reads fastest (the same params if any)."""
+        return self._prepare(self._model, params) if self._prepare else params
+
+
+def get_all(model: paligemma.Model) -> dict[str, PredictFn]:
     """All predict functions bound to ``model``.
 
     Args:
@@ -103,5 +136,8 @@ def get_all(model: paligemma.Model) -> dict[str, Callable]:
     Returns:
       {name: fn(params, batch, **kw)}.
     """
-    fns = {"decode": _decode, "logits": _logits}
-    return {name: functools.partial(fn, model=model) for name, fn in fns.items()}
+    return {
+        "decode": PredictFn(_decode, model, prepare=decoding_params),
+        "logits": PredictFn(_logits, model),
+        "answer_nll": PredictFn(_answer_nll, model),
+    }

@@ -53,11 +53,11 @@ def loss_positions(mask: jax.Array, loss_len: int) -> tuple[jax.Array, jax.Array
     return idx, valid, dropped
 
 
-def loss_fn(params: dict, batch: dict, *, model: paligemma.Model, loss_len: int):
-    """Masked next-token cross entropy on the answer tokens, big_vision's normalisation.
+def answer_nll(params: dict, batch: dict, *, model: paligemma.Model, loss_len: int):
+    """Per-example summed negative log-likelihood of the answer tokens (teacher forcing).
 
-    Each example's loss is the mean over its answer tokens; the batch loss is the mean over
-    examples (so equal micro-batches average to the full batch's loss exactly).
+    The one definition of the answer loss: the train step's `loss_fn` and the perplexity
+    evaluator (``pg_jax.predict_fns`` "answer_nll") both reduce it.
 
     Args:
       params: nested model params.
@@ -66,7 +66,8 @@ def loss_fn(params: dict, batch: dict, *, model: paligemma.Model, loss_len: int)
       loss_len: logits are computed at this many answer positions per example only.
 
     Returns:
-      (loss float32[], aux dict with "tokens" and "dropped" int32 counts).
+      (nll float32[B] summed over scored tokens, tokens int32[B] scored, dropped int32[]
+      answer positions beyond loss_len).
     """
     text = batch["text"]
     inputs, targets = text[:, :-1], text[:, 1:]
@@ -83,8 +84,33 @@ def loss_fn(params: dict, batch: dict, *, model: paligemma.Model, loss_len: int)
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     tgt = jnp.take_along_axis(targets, idx, axis=1)
     nll = -jnp.take_along_axis(logp, tgt[..., None], axis=-1)[..., 0]
-    per_example = jnp.sum(nll * valid, axis=1) / jnp.maximum(jnp.sum(valid, axis=1), 1)
-    return jnp.mean(per_example), {"tokens": jnp.sum(valid), "dropped": dropped}
+    return jnp.sum(nll * valid, axis=1), jnp.sum(valid, axis=1), dropped
+
+
+def loss_fn(params: dict, batch: dict, *, model: paligemma.Model, loss_len: int):
+    """Masked next-token cross entropy on the answer tokens, big_vision's normalisation.
+
+    Each example's loss is the mean over its answer tokens; the batch loss is the mean over
+    examples (so equal micro-batches average to the full batch's loss exactly).
+
+    Args:
+      params, batch, model, loss_len: as in `answer_nll`.
+
+    Returns:
+      (loss float32[], aux dict with "tokens" and "dropped" int32 counts).
+    """
+    nll, tokens, dropped = answer_nll(params, batch, model=model, loss_len=loss_len)
+    per_example = nll / jnp.maximum(tokens, 1)
+    return jnp.mean(per_example), {"tokens": jnp.sum(tokens), "dropped": dropped}
+
+
+def compile_train_step(model, opt, plan, rng, batch, *, loss_len: int, grad_accum_steps: int):
+    """The train step compiled for ``plan``'s abstract state (``pg_jax.state.plan``), from
+    shapes only: the state is donated and comes out with the plan's shardings."""
+    replicated = jax.sharding.NamedSharding(rng.sharding.mesh, jax.sharding.PartitionSpec())
+    update_fn = make_update_fn(model, opt, loss_len=loss_len, grad_accum_steps=grad_accum_steps)
+    jitted = jax.jit(update_fn, donate_argnums=(0,), out_shardings=(plan.shardings, replicated))
+    return jitted.lower(plan.abstract, rng, batch).compile(compiler_options())
 
 
 def compiler_options() -> dict:

@@ -18,7 +18,8 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from pg_jax import prepare_data  # noqa: E402
+from configs import docvqa  # noqa: E402
+from pg_jax.data import cache_writer  # noqa: E402
 from pg_jax.data import core, input_pipeline, synthetic  # noqa: E402
 
 
@@ -26,7 +27,7 @@ def throughput(source, res: int, batch_size: int, examples: int) -> float:
     """Examples/s of the full training pipeline (decode, resize, value_range, tokenize)."""
     it = input_pipeline.make_iterator(
         source,
-        input_pipeline.pp_train(res),
+        docvqa.get_config(f"res={res},text_len=32").input.pp,  # the trainer's pp
         batch_size=batch_size,
         process_index=0,
         process_count=1,
@@ -70,7 +71,7 @@ def main() -> None:
             out = os.path.join(a.work, f"cache_{res}_{fmt}")
             shutil.rmtree(out, ignore_errors=True)  # Time a fresh build, not a cache reuse.
             t0 = time.perf_counter()
-            m = prepare_data.prepare(
+            m = cache_writer.prepare(
                 "docvqa-json",
                 src_dir,
                 "train",

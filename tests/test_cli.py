@@ -142,3 +142,19 @@ def test_predict_refuses_a_tokenizer_that_does_not_fit(tmp_path, page, capsys):
     assert predict.main(argv) == 2
     err = capsys.readouterr().err
     assert "2413 pieces" in err and f"checkpoint {path} has a vocabulary of 300" in err
+
+
+def test_evaluate_prompt_flags_become_config_arguments():
+    """--text_len, --prompt and --tokenizer reach the config's pp strings as its arguments."""
+    from pg_jax import config_cli, evaluate
+
+    def spec(*argv):
+        return evaluate.config_spec(evaluate._parser().parse_args(["--workdir", "w", *argv]), None)
+
+    assert spec("--config", "configs/docvqa.py:data=/d/docvqa", "--text_len", "24") == (
+        "configs/docvqa.py:data=/d/docvqa,text_len=24")
+    assert spec("--config", "configs/docvqa.py", "--prompt", "answer en {question}") == (
+        "configs/docvqa.py:prompt=answer en {question}")
+    config = config_cli.load_config(
+        spec("--config", "configs/docvqa.py:res=28", "--text_len", "12"))
+    assert "fit(12, suffix=None" in config.evals["docvqa/val"]["pp_fn"]

@@ -103,17 +103,17 @@ def test_locked_config_rejects_unknown_override():
 def test_llm_layers_unroll_only_without_remat():
     """Unrolled layers are the fast layout, but remat needs the rolled scan to save memory."""
     from configs import docvqa
-    from pg_jax import train
+    from pg_jax import model_config
 
     real = docvqa.get_config("ckpt=/x.npz,data=/d,res=448")
-    assert real.remat_policy == "nothing_saveable" and not train.unroll_llm_layers(real)
+    assert real.remat_policy == "nothing_saveable" and not model_config.unroll_llm_layers(real)
     real.remat_policy = "none"
-    assert train.unroll_llm_layers(real)
+    assert model_config.unroll_llm_layers(real)
     real.unroll_llm_layers = "false"
-    assert not train.unroll_llm_layers(real)
+    assert not model_config.unroll_llm_layers(real)
     real.unroll_llm_layers = "sometimes"
     with pytest.raises(ValueError, match="unroll_llm_layers"):
-        train.unroll_llm_layers(real)
+        model_config.unroll_llm_layers(real)
     bench = docvqa.get_config("data=random,variant=pg1_3b")
     assert bench.total_steps and not bench.evals and not bench.export_npz
 

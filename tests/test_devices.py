@@ -8,7 +8,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from pg_jax import devices, train
+from pg_jax import devices
 from pg_jax.models import attention, gemma
 
 
@@ -32,10 +32,9 @@ def test_auto_dtype_says_why():
     assert devices.compute_dtype("auto", T4).why == "auto: Tesla T4 has no bfloat16"
 
 
-def test_trainer_uses_float16_with_loss_scaling_on_a_t4(monkeypatch):
-    monkeypatch.setattr(jax, "local_devices", lambda: [T4])
+def test_trainer_uses_float16_with_loss_scaling_on_a_t4():
     config = ml_collections.ConfigDict(dict(dtype="auto", frozen_dtype="auto", loss_scale="auto"))
-    assert train.resolve_dtypes(config) == ("float16", "float16", True)
+    assert devices.resolve_dtypes(config, T4) == ("float16", "float16", True)
 
 
 def test_auto_attention(monkeypatch):

@@ -231,7 +231,7 @@ def test_user_errors_of_the_trainer_are_one_line(tmp_path):
 def test_step_count_is_settable_on_configs_that_count_epochs():
     """Real-run configs count epochs; --config.total_steps=N must still work and win."""
     from configs import docvqa
-    from pg_jax import train
+    from pg_jax.data import training
 
     code = ("import sys\nfrom absl import flags\nfrom ml_collections import config_flags\n"
             "c = config_flags.DEFINE_config_file('config', lock_config=True)\n"
@@ -242,9 +242,9 @@ def test_step_count_is_settable_on_configs_that_count_epochs():
     assert out.stdout.split() == ["6", "3.0"]
     cfg = docvqa.get_config("data=/data/docvqa")
     cfg.total_steps = 6
-    assert train.total_steps(cfg, num_examples=10_000) == 6  # steps win over epochs
+    assert training.total_steps(cfg, num_examples=10_000) == 6  # steps win over epochs
     cfg.total_steps = None
-    assert train.total_steps(cfg, num_examples=80) == 30  # 3 epochs of 80 at batch 8
+    assert training.total_steps(cfg, num_examples=80) == 30  # 3 epochs of 80 at batch 8
     assert "freeze" not in cfg and "arg" not in cfg  # no leaf that would change nothing
 
 

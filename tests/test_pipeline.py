@@ -3,9 +3,14 @@
 import numpy as np
 import pytest
 
+from configs import docvqa
 from pg_jax import prepare_data
 from pg_jax.data import core
 from pg_jax.data import input_pipeline as ip
+
+# The config's pp strings for training and for the vqa eval, at 28 px and 16 tokens.
+_CONFIG = docvqa.get_config("res=28,text_len=16")
+PP_TRAIN, PP_EVAL = _CONFIG.input.pp, _CONFIG.evals["docvqa/val"]["pp_fn"]
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +25,7 @@ def cache(synth, tmp_path_factory) -> str:
 def batches(source, n, **kw):
     it = ip.make_iterator(
         source,
-        ip.pp_train(res=28, text_len=16),
+        PP_TRAIN,
         batch_size=4,
         process_index=0,
         process_count=1,
@@ -54,7 +59,7 @@ def test_save_restore_same_next_batch(cache):
         want = [next(it) for _ in range(2)]
         it2 = ip.make_iterator(
             src,
-            ip.pp_train(res=28, text_len=16),
+            PP_TRAIN,
             batch_size=4,
             seed=5,
             state=state,
@@ -92,7 +97,7 @@ def test_eval_batches_cover_everything_once(cache):
     src = core.get("docvqa_prepared", path=cache)
     ids, n_batches = [], 0
     for b in ip.eval_batches(
-        src, ip.pp_eval(res=28, text_len=16), batch_size=8, process_index=0, process_count=1
+        src, PP_EVAL, batch_size=8, process_index=0, process_count=1
     ):
         assert b["text"].shape == (8, 16) and b["answers"].shape == (8, 16)
         ids += list(b["question_id"][b["_mask"]])
@@ -104,7 +109,7 @@ def test_eval_batches_cover_everything_once(cache):
 def test_raw_png_source_pipeline(synth):
     src = core.get("docvqa_json", path=f"{synth}/docvqa", split="val", limit=8)
     it = ip.make_iterator(
-        src, ip.pp_train(res=28, text_len=16), batch_size=4, process_index=0, process_count=1
+        src, PP_TRAIN, batch_size=4, process_index=0, process_count=1
     )
     assert next(it)["image"].shape == (4, 28, 28, 3)
 
@@ -115,7 +120,7 @@ def test_eval_batches_give_every_process_the_same_number_of_batches(synth):
     counts = [src.num_examples_for(i, 2) for i in range(2)]
     assert sorted(counts) == [4, 5]  # 4 rows fit one batch of 4, 5 rows need two
     for host in range(2):
-        got = list(ip.eval_batches(src, ip.pp_eval(res=28, text_len=16), batch_size=4,
+        got = list(ip.eval_batches(src, PP_EVAL, batch_size=4,
                                    process_index=host, process_count=2))
         assert len(got) == 2
         assert sum(int(b["_mask"].sum()) for b in got) == counts[host]

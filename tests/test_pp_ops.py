@@ -5,7 +5,6 @@ import pytest
 import tensorflow as tf
 from tests.conftest import png_bytes
 
-from pg_jax.data import input_pipeline
 from pg_jax.pp import builder
 from pg_jax.pp.registry import Registry, parse_name
 from pg_jax.pp.tokenizer import Tokenizer
@@ -113,6 +112,12 @@ def test_fit_truncates_prefix_head_and_keeps_eos():
     assert out["truncated"] == 0 and len(out["prefix"]) == 6
 
 
+def _train_pp(res: int, text_len: int) -> str:
+    from configs import docvqa
+
+    return docvqa.get_config(f"res={res},text_len={text_len}").input.pp
+
+
 def test_full_train_example_layout():
     """[bos] question "\\n" answer [eos] pad..., checked position by position."""
     tok = Tokenizer()
@@ -123,7 +128,7 @@ def test_full_train_example_layout():
         "answers": ["$12"],
         "_seed": np.array([0, 0], np.int64),
     }
-    out, _ = run_both(input_pipeline.pp_train(res=4, text_len=16), ex)
+    out, _ = run_both(_train_pp(4, 16), ex)
     n_p, n_s = 1 + len(q) + 1, len(a) + 1
     want = [2] + q + [tok.newline_id] + a + [1] + [0] * (17 - n_p - n_s)
     np.testing.assert_array_equal(out["text"], want)
@@ -142,15 +147,19 @@ def test_eval_example_layout_and_truncation():
         "answers": ["$12", "12"],
         "question_id": 7,
     }
-    out, _ = run_both(input_pipeline.pp_eval(res=4, text_len=12, max_answers=3), ex)
+    from configs import docvqa
+
+    pp = docvqa.get_config("res=4,text_len=12").evals["docvqa/val"]["pp_fn"]
+    out, _ = run_both(pp, {**ex, "question_types": ["form"]})
     n_p = len(q) + 2
     np.testing.assert_array_equal(out["text"], [2] + q + [tok.newline_id] + [0] * (12 - n_p))
     np.testing.assert_array_equal(out["mask_ar"], [0] * n_p + [1] * (12 - n_p))
-    assert list(out["answers"]) == [b"$12", b"12", b""] and out["question_id"] == 7
+    assert list(out["answers"]) == [b"$12", b"12"] + [b""] * 14 and out["question_id"] == 7
+    assert list(out["question_types"]) == [b"form"] + [b""] * 7
     # An overlong training question keeps its head; the answer keeps its eos; it is counted.
     long_q = " ".join(["total"] * 40)
     ex = {"image": png_bytes(8, 8), "question": long_q, "answers": ["12"]}
-    out, _ = run_both(input_pipeline.pp_train(res=4, text_len=16), ex)
+    out, _ = run_both(_train_pp(4, 16), ex)
     assert out["truncated"] == 1 and out["text"][0] == 2
     a = tok.encode("12") + [1]
     assert list(out["text"][-len(a) :]) == a  # The sequence is full: the answer ends it.

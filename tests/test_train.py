@@ -105,24 +105,24 @@ def test_raw_source_is_prepared_once_into_cache_dir(tiny_json, tmp_path):
     the same options and refuses to mix other options into it."""
     import ml_collections
 
-    from pg_jax import train
+    from pg_jax.data import training
 
     cache = str(tmp_path / "cache")
     config = ml_collections.ConfigDict({"input": {"cache_dir": cache, "res": 28}})
     spec = {"name": "docvqa_json", "path": tiny_json, "split": "train"}
-    out = train.prepared_training_data(spec, config)
+    out = training.prepared(spec, config)
     assert out == {"name": "docvqa_prepared", "path": cache}
     with open(os.path.join(cache, "manifest.json")) as f:
         manifest = json.load(f)
     assert manifest["counts"]["kept"] == 2  # the two good records of the fixture
     mtime = os.path.getmtime(os.path.join(cache, "manifest.json"))
-    assert train.prepared_training_data(spec, config) == out  # reused, not rebuilt
+    assert training.prepared(spec, config) == out  # reused, not rebuilt
     assert os.path.getmtime(os.path.join(cache, "manifest.json")) == mtime
     config.input.res = 56
     with pytest.raises(Exception, match="res"):
-        train.prepared_training_data(spec, config)
+        training.prepared(spec, config)
     config.input.cache_dir = ""
-    assert train.prepared_training_data(spec, config) == spec  # no cache: the raw source
+    assert training.prepared(spec, config) == spec  # no cache: the raw source
 
 
 @pytest.mark.newest_only  # the SIGINT test's path (.ci/run)

@@ -9,6 +9,7 @@ import re
 import numpy as np
 import pytest
 
+from pg_jax import predict_fns
 from pg_jax.evaluators import anls, common
 from pg_jax.pp.tokenizer import Tokenizer
 from tests import tiny_model
@@ -21,6 +22,12 @@ def model_and_params():
     return tiny_model.make("tiny_pg1", res=RES, vocab_size=Tokenizer().vocab_size)
 
 
+def _eval_pp(text_len: int) -> str:
+    from configs import docvqa
+
+    return docvqa.get_config(f"res={RES},text_len={text_len}").evals["docvqa/val"]["pp_fn"]
+
+
 def _evaluator(model, synth, workdir, split="val", limit=6, **kw):
     data = {"name": "docvqa_json", "path": os.path.join(synth, "docvqa"), "split": split}
     evals = {
@@ -28,7 +35,7 @@ def _evaluator(model, synth, workdir, split="val", limit=6, **kw):
             "type": "vqa",
             "every_steps": 10,
             "data": {**data, "limit": limit},
-            "text_len": 24,
+            "pp_fn": _eval_pp(text_len=24),
             "batch_size": 4,  # 6 questions: the second batch is padded with 2 masked rows.
             "pred_kw": {"max_decode_len": 5},
             **kw,
@@ -83,7 +90,7 @@ def test_scores_per_type_and_worst_first(model_and_params, synth, tmp_path):
             out[i, : len(ids)] = ids
         return out
 
-    ev.predict = fake_predict
+    ev.predict = predict_fns.PredictFn(lambda p, b, model, **kw: fake_predict(p, b, **kw), model)
     metrics = dict(ev.run(params))
     records = ev.records
     right = [r for r in records if r["anls"] == 1.0]
@@ -119,3 +126,71 @@ def test_refuses_a_tokenizer_that_does_not_fit(synth, tmp_path):
     model, _ = tiny_model.make("tiny_pg1", res=RES, vocab_size=500)
     with pytest.raises(ValueError, match=r"2413 pieces but the model has a vocabulary of 500"):
         _evaluator(model, synth, str(tmp_path))
+
+
+def test_an_unknown_evaluator_argument_names_the_evaluator_and_the_key(synth, tmp_path):
+    """A typo in an evals entry is a config error, not silently ignored."""
+    model, _ = tiny_model.make("tiny_pg1", res=RES, vocab_size=Tokenizer().vocab_size)
+    with pytest.raises(ValueError, match=r"config.evals\['docvqa/val'\]: the 'vqa' evaluator "
+                       r"takes no argument 'max_decode_lenght'"):
+        _evaluator(model, synth, str(tmp_path), max_decode_lenght=4)
+    with pytest.raises(ValueError, match=r"'perplexity' evaluator takes no argument 'report'"):
+        common.from_config({"p": {"type": "perplexity", "data": {}, "pp_fn": "", "report": True}},
+                           model=model, tokenizer=None, workdir=None)
+
+
+def test_a_single_answer_set_without_types_is_scored_without_a_breakdown():
+    """The evaluator is generic: a batch with one ``answer`` per question and no question
+    types or question text scores ANLS over those answers and has no per-type metrics."""
+    import types
+
+    from pg_jax.evaluators import vqa
+
+    tok = Tokenizer()
+
+    class Batches:  # what EvalData hands an evaluator
+        source = types.SimpleNamespace(num_examples_for=lambda i, n: 3)
+
+        def batches(self):
+            yield {"question_id": np.array([1, 2, 3, 3]), "text": np.zeros((4, 2), np.int32),
+                   "answer": np.array([b"ab", b"cd", b"ab cd", b"ab cd"]),
+                   "truncated": np.zeros(4, np.int32), "_mask": np.array([1, 1, 1, 0], bool)}
+
+        def num_batches(self):
+            return 1
+
+    def always_ab(params, batch, *, model, max_decode_len, eos_id):
+        ids = tok.encode("ab") + [eos_id]
+        return np.array([ids] * len(batch["text"]), np.int32)
+
+    ev = vqa.Evaluator({"decode": predict_fns.PredictFn(always_ab, None)}, Batches(),
+                       tokenizer=tok, workdir=None, prefix="pages/val")
+    metrics = dict(ev.run({}))
+    # "ab" vs "ab cd": distance 3 of 5, NL 0.6 >= 0.5 -> 0.
+    assert metrics["pages/val/anls"] == pytest.approx(1 / 3) and metrics["pages/val/num"] == 3
+    assert not [k for k in metrics if k.startswith("pages/val/anls/")]
+    assert [r["answers"] for r in ev.records] == [["ab"], ["cd"], ["ab cd"]]
+
+
+def test_perplexity_loss_is_the_train_loss(model_and_params, synth):
+    """The perplexity evaluator reduces the train step's answer NLL: on a batch with no padding
+    its loss is `step.loss_fn`'s, and its perplexity exp of the token-level mean."""
+    from configs import docvqa
+    from pg_jax import step
+
+    model, params = model_and_params
+    pp = docvqa.get_config(f"res={RES},text_len=16").input.pp
+    data = {"name": "docvqa_json", "path": os.path.join(synth, "docvqa"), "split": "val",
+            "limit": 4}
+    ((ev, _),) = common.from_config(
+        {"p": {"type": "perplexity", "data": data, "pp_fn": pp, "batch_size": 4, "loss_len": 4}},
+        model=model, tokenizer=None, workdir=None).values()
+    metrics = dict(ev.run(params))
+    (batch,) = list(ev.data.batches())
+    assert batch["_mask"].all()
+    inputs = {k: batch[k] for k in ("image", "text", "mask_ar", "mask_loss", "mask_input")}
+    loss, _ = step.loss_fn(params, inputs, model=model, loss_len=4)
+    nll, tokens, _ = step.answer_nll(params, inputs, model=model, loss_len=4)
+    assert metrics["p/loss"] == pytest.approx(float(loss), rel=1e-5)
+    assert metrics["p/perplexity"] == pytest.approx(float(np.exp(nll.sum() / tokens.sum())),
+                                                    rel=1e-5)

@@ -5,10 +5,14 @@ question-type filter). It knows its size and yields one epoch as a `tf.data.Data
 dicts for one host's shard; shuffling, repeating, preprocessing and batching are the input
 pipeline's job (`pg_jax.data.input_pipeline`).
 
-Registered sources (module `pg_jax.data.docvqa` unless noted):
+A config names its data set: ``config.input.data = {"name": ..., **constructor arguments}``.
+Registered names (module `pg_jax.data.docvqa` unless noted):
+  docvqa           Whichever DocVQA layout is at `path` (`resolve` picks one of the next three).
   docvqa_hf        HF `HuggingFaceM4/DocumentVQA` parquet shards.
   docvqa_json      The original release: `{split}/{split}_v1.0[_withQT].json` + `documents/`.
   docvqa_prepared  A cache written by `python -m pg_jax.prepare_data` (`pg_jax.data.prepared`).
+A new data set registers its reader class under ``datasets.<name>`` in one of `READER_MODULES`
+(another VQA set in the HF parquet layout: one `docvqa.register_parquet_vqa` line).
 
 Example dict keys: question_id int64, question string, answers string[None],
 question_types string[None], doc_id int64, image (encoded bytes, or uint8[res, res, 3]).
@@ -17,6 +21,7 @@ question_types string[None], doc_id int64, image (encoded bytes, or uint8[res, r
 from __future__ import annotations
 
 import importlib
+import os
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from pg_jax.pp.registry import Registry
@@ -24,7 +29,10 @@ from pg_jax.pp.registry import Registry
 if TYPE_CHECKING:  # TensorFlow is only needed by get_tfdata's callers.
     import tensorflow as tf
 
-_MODULES = ("pg_jax.data.docvqa", "pg_jax.data.prepared")
+# Modules whose import registers readers (under "datasets.<name>").
+READER_MODULES = ("pg_jax.data.docvqa", "pg_jax.data.prepared")
+# Constructor arguments that select records; a prepared cache fixed them when it was written.
+_SELECTION = ("split", "limit", "fraction", "sample_seed", "question_types")
 
 
 @runtime_checkable
@@ -42,16 +50,50 @@ class DataSource(Protocol):
         """One epoch of this host's shard, in a fixed order, as a dataset of example dicts."""
 
 
+def resolve(spec: dict) -> dict:
+    """The spec with ``name="docvqa"`` replaced by the reader for what is at ``spec["path"]``.
+
+    This is the one place that chooses a reader from what is on disk: a prepare_data cache
+    (manifest.json; its selection is fixed, so selection arguments are dropped), a synthetic
+    set's root (its ``docvqa/`` JSON copy), a directory holding .parquet files (HF layout), or
+    else the original JSON release. Other names are returned unchanged.
+    """
+    spec = dict(spec)
+    if spec.get("name") != "docvqa":
+        return spec
+    path = spec["path"]
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"data directory {path} does not exist")
+    if os.path.exists(os.path.join(path, "manifest.json")):
+        if spec.get("limit"):
+            print(f"note: limit={spec['limit']} is ignored for the prepared cache {path} (its "
+                  "selection was fixed when it was written)", flush=True)
+        return {k: v for k, v in spec.items() if k not in _SELECTION} | {
+            "name": "docvqa_prepared"}
+    if os.path.isdir(os.path.join(path, "docvqa")):  # a synthetic set: read its JSON copy
+        return {**spec, "name": "docvqa_json", "path": os.path.join(path, "docvqa")}
+    if os.path.isdir(path) and any(f.endswith(".parquet") for _, _, fs in os.walk(path)
+                                   for f in fs):
+        return {**spec, "name": "docvqa_hf"}
+    return {**spec, "name": "docvqa_json"}
+
+
 def get(name: str, **kw) -> DataSource:
     """Builds a registered data source by name.
 
     Args:
-      name: "docvqa_hf", "docvqa_json" or "docvqa_prepared" (or another registered name).
+      name: a registered name (see the module docstring).
       **kw: the source's constructor arguments (path, split, limit, ...).
 
     Returns:
       The data source.
     """
-    for m in _MODULES:
+    for m in READER_MODULES:
         importlib.import_module(m)
-    return Registry.lookup(f"datasets.{name}")(**kw)
+    spec = resolve({"name": name, **kw})
+    name = spec.pop("name")
+    try:
+        reader = Registry.lookup(f"datasets.{name}")
+    except KeyError as e:  # a config error: one line naming the known data sets
+        raise ValueError(f"config data name={name!r}: {e.args[0]}") from None
+    return reader(**spec)

@@ -46,6 +46,8 @@ HF_COLUMNS = (
     "answers",
 )
 JSON_KEYS = ("questionId", "question", "image", "docId")
+# What a VQA set in the HF parquet layout needs (the rest of HF_COLUMNS is optional there).
+VQA_COLUMNS = ("questionId", "question", "image", "answers")
 _META_COLUMNS = [c for c in HF_COLUMNS if c != "image"]
 _TEXT_COLUMNS = ("question",)  # Strings (or UTF-8 bytes).
 _TEXT_LIST_COLUMNS = ("answers", "question_types")  # Lists of strings (or of UTF-8 bytes).
@@ -247,7 +249,8 @@ class _Reader:
 
 @Registry.register("datasets.docvqa_hf")
 class HFParquetDocVQA(_Reader):
-    """HuggingFaceM4/DocumentVQA parquet shards of one split."""
+    """HuggingFaceM4/DocumentVQA parquet shards of one split, or another VQA set in the same
+    layout whose columns are named otherwise (``columns``; see `register_parquet_vqa`)."""
 
     name = "docvqa_hf"
 
@@ -260,6 +263,8 @@ class HFParquetDocVQA(_Reader):
         fraction: float | None = None,
         sample_seed: int | None = None,
         question_types: Sequence[str] | None = None,
+        columns: dict[str, str] | None = None,
+        name: str = "docvqa_hf",
     ):
         """Reads the metadata of the split and selects records.
 
@@ -267,30 +272,42 @@ class HFParquetDocVQA(_Reader):
           path: directory holding `{split}-*.parquet` (searched recursively), or one .parquet file.
           split: "train", "validation" (alias "val") or "test".
           limit, fraction, sample_seed, question_types: selection, see the module docstring.
+          columns: {DocVQA column (HF_COLUMNS): this file's column}, for a set whose columns are
+            named otherwise; then only VQA_COLUMNS are required, and an answers column of plain
+            strings is one answer per question. None: DocVQA's names, all of HF_COLUMNS.
+          name: the data set's registered name (in messages).
         """
         import pyarrow.parquet as pq
 
+        self.name = name
         self.split = {"val": "validation"}.get(split, split)
         self.location = path
         self.files = _parquet_files(path, self.split)
         self.skips, self.num_read = Skips(), 0
+        self._columns = {c: c for c in HF_COLUMNS} | dict(columns or {})
         candidates, self._where = [], {}
         for f in self.files:
             pf = pq.ParquetFile(f)
-            missing = [c for c in HF_COLUMNS if c not in pf.schema_arrow.names]
+            have = pf.schema_arrow.names
+            required = HF_COLUMNS if columns is None else VQA_COLUMNS
+            missing = [self._columns[c] for c in required if self._columns[c] not in have]
             if missing:
+                what = "HuggingFaceM4/DocumentVQA" if columns is None else f"{name}"
                 raise ValueError(
-                    f"{f} is not HuggingFaceM4/DocumentVQA parquet: missing columns "
-                    f"{missing} (has {pf.schema_arrow.names})."
+                    f"{f} is not {what} parquet: missing columns {missing} (has {have})."
                 )
-            _check_text_types(f, pf.schema_arrow)
+            meta = {c: self._columns[c] for c in _META_COLUMNS if self._columns[c] in have}
+            _check_text_types(f, pf.schema_arrow, meta)
             row = 0
-            for batch in pf.iter_batches(columns=_META_COLUMNS, batch_size=4096):
-                for rec in batch.to_pylist():
+            for batch in pf.iter_batches(columns=list(meta.values()), batch_size=4096):
+                for file_rec in batch.to_pylist():
+                    rec = {c: file_rec[col] for c, col in meta.items()}
+                    if isinstance(rec["answers"], (str, bytes)):  # one answer per question
+                        rec["answers"] = [rec["answers"]]
                     _decode_text(rec, f, row)
                     self.num_read += 1
                     if _check_text(rec, self.split, self.skips):
-                        ex = _example(rec, str(rec["docId"]))
+                        ex = _example(rec, str(rec.get("docId", f"q{rec['questionId']}")))
                         candidates.append(ex)
                         self._where[ex.question_id] = (f, row)
                     row += 1
@@ -319,9 +336,12 @@ class HFParquetDocVQA(_Reader):
                 g = max(i for i, st in enumerate(starts) if st <= row)
                 todo[g].append((row - starts[g], ex))
             for g in sorted(todo):  # One row group's images in memory at a time.
-                images = pf.read_row_group(g, columns=["image"]).column("image")
+                image_column = self._columns["image"]
+                images = pf.read_row_group(g, columns=[image_column]).column(image_column)
                 for offset, ex in todo[g]:
                     img = images[offset].as_py() or {}
+                    if isinstance(img, bytes):  # a plain binary column instead of HF's struct
+                        img = {"bytes": img}
                     if not img.get("bytes"):
                         self.skips.add("missing_image", f"questionId={ex.question_id}", ex)
                         continue
@@ -412,7 +432,7 @@ def _read_json(path: str):
         raise ValueError(f"{path} is not DocVQA JSON: {e}") from e
 
 
-def _check_text_types(path: str, schema) -> None:
+def _check_text_types(path: str, schema, columns: dict[str, str]) -> None:
     """Refuses text columns that are neither strings nor bytes, naming the column and type."""
     import pyarrow as pa
 
@@ -428,7 +448,12 @@ def _check_text_types(path: str, schema) -> None:
     for column, ok, want in [(c, texty, "string") for c in _TEXT_COLUMNS] + [
         (c, listy, "list<string>") for c in _TEXT_LIST_COLUMNS
     ]:
+        if column not in columns:
+            continue
+        column = columns[column]
         t = schema.field(column).type
+        if column == columns.get("answers") and texty(t):
+            continue  # one answer per question
         if not ok(t):
             raise ValueError(
                 f"{path}: column {column!r} has arrow type {t}; DocVQA needs {want} "
@@ -451,9 +476,9 @@ def _decode_text(rec: dict, path: str, row: int) -> None:
             ) from None
 
     for column in _TEXT_COLUMNS:
-        rec[column] = text(rec[column], column)
+        rec[column] = text(rec[column], column)  # required: present in every record
     for column in _TEXT_LIST_COLUMNS:
-        if rec[column] is not None:
+        if rec.get(column) is not None:
             rec[column] = [text(v, column) for v in rec[column]]
 
 
@@ -488,3 +513,17 @@ def _json_file(path: str, split: str) -> str:
             if os.path.isfile(os.path.join(d, name)):
                 return os.path.join(d, name)
     raise FileNotFoundError(f"No {split}/{split}_v1.0[_withQT].json under {path}.")
+
+
+def register_parquet_vqa(name: str, columns: dict[str, str]) -> None:
+    """Registers ``name`` as a VQA set in the HF parquet layout with other column names.
+
+    ``config.input.data = {"name": name, "path": D, "split": "train"}`` then reads
+    ``D/**/{split}-*.parquet``. ``columns`` maps DocVQA's column names (``VQA_COLUMNS`` at least:
+    questionId, question, image, answers) to the file's; an image column is HF's
+    ``{"bytes", "path"}`` struct or plain bytes, an answers column a list of strings or one.
+    """
+    import functools
+
+    Registry.register(f"datasets.{name}")(
+        functools.partial(HFParquetDocVQA, columns=dict(columns), name=name))

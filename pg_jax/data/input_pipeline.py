@@ -1,7 +1,7 @@
 """The tf.data input pipeline: shard per host, shuffle, repeat, preprocess, batch, prefetch.
 
   source = core.get("docvqa_prepared", path=cache_dir)
-  it = make_iterator(source, pp_train(res=448, text_len=32), batch_size=8, seed=0)
+  it = make_iterator(source, config.input.pp, batch_size=8, seed=0)  # pp: an op string
   batch = next(it)            # dict of numpy arrays, leading axis = per-host batch
   state = it.state()          # small JSON-able dict, saved with the checkpoint
   it = make_iterator(..., state=state)   # the same next batch as the saved iterator
@@ -23,65 +23,6 @@ import tensorflow as tf
 
 from pg_jax.data.core import DataSource
 from pg_jax.pp import builder
-
-
-def pp_train(
-    res: int = 224, text_len: int = 32, prompt: str = "{question}", tokenizer: str | None = None
-) -> str:
-    """The DocVQA training op string (big_vision's DocVQA layout, see `pg_jax.pp.ops_text`).
-
-    Args:
-      res: image side.
-      text_len: text length; the sequence is text_len + 1 (the trainer drops one position).
-      prompt: "{question}" (big_vision) or e.g. "answer en {question}" (HF recipes).
-      tokenizer: SentencePiece model path (None: the small project tokenizer).
-
-    Returns:
-      The op string.
-    """
-    n = text_len + 1
-    model = f", model={tokenizer!r}" if tokenizer else ""
-    return "|".join(
-        [
-            f"decode|resize({res})|value_range(-1, 1)",
-            f"prompt({prompt!r})|choice(inkey='answers', outkey='suffix')",
-            f"tok(key='prefix', bos='yes'{model})|tok(key='septok', text='\\n'{model})",
-            f"tok(key='suffix', eos='yes'{model})|fit({n})",
-            "masked_concat(['prefix', 'septok', 'suffix'], mask_ar=[0, 0, 1], mask_loss=[0, 0, 1],"
-            " mask_input=[1, 1, 1])",
-            f"tolen({n}, pad_value=0, key='text')|tolen({n}, pad_value=1, key='mask_ar')",
-            f"tolen({n}, pad_value=0, key='mask_loss')|tolen({n}, pad_value=0, key='mask_input')",
-            "keep('image', 'text', 'mask_ar', 'mask_loss', 'mask_input', 'truncated')",
-        ]
-    )
-
-
-def pp_eval(
-    res: int = 224,
-    text_len: int = 32,
-    prompt: str = "{question}",
-    tokenizer: str | None = None,
-    max_answers: int = 16,
-) -> str:
-    """The DocVQA eval op string: `[bos] question "\\n"` then padding; answers kept as strings.
-
-    Answers are padded with "" to `max_answers` so they batch (the evaluator ignores "").
-    """
-    model = f", model={tokenizer!r}" if tokenizer else ""
-    return "|".join(
-        [
-            f"decode|resize({res})|value_range(-1, 1)",
-            f"prompt({prompt!r})",
-            f"tok(key='prefix', bos='yes'{model})|tok(key='septok', text='\\n'{model})",
-            f"fit({text_len}, suffix=None, min_prefix=1)",
-            "masked_concat(['prefix', 'septok'], mask_ar=[0, 0], mask_input=[1, 1])",
-            f"tolen({text_len}, pad_value=0, key='text')",
-            f"tolen({text_len}, pad_value=1, key='mask_ar')",
-            f"tolen({text_len}, pad_value=0, key='mask_input')",
-            f"tolen({max_answers}, pad_value='', key='answers')",
-            "keep('image', 'text', 'mask_ar', 'mask_input', 'answers', 'question_id', 'truncated')",
-        ]
-    )
 
 
 @dataclasses.dataclass

@@ -4,8 +4,8 @@
 on these, so the trainer's own examples/s and MFU can be read on a machine that has a GPU but no
 dataset or TensorFlow (the benchmark machine), and compared with ``scripts/bench_train_step.py``.
 
-Each example has the layout of `input_pipeline.pp_train` with no padding: ``text`` int32[L+1] =
-``[bos]`` + prompt tokens + ``answer_len`` answer tokens (the last is eos), ``mask_ar`` and
+Each example has the layout of configs/docvqa.py's training pp with no padding: ``text``
+int32[L+1] = ``[bos]`` + prompt tokens + ``answer_len`` answer tokens (the last is eos), ``mask_ar`` and
 ``mask_loss`` set on the answer, ``mask_input`` all set, and a uniform-noise image in [-1, 1].
 Batches are a function of (seed, position), so a resumed run continues the same stream.
 """

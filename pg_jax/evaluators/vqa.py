@@ -1,14 +1,19 @@
-"""DocVQA evaluator: decode answers for one split, score them with ANLS, write predictions.
+"""VQA evaluator: decode answers for one split, score them with ANLS, write predictions.
 
 Config entry (see ``pg_jax.evaluators.common``)::
 
     config.evals["docvqa/val"] = dict(
         type="vqa", every_steps=500,
-        data=dict(name="docvqa_json", path="/data/docvqa", split="val", limit=512),
-        res=448, text_len=48, prompt="{question}", batch_size=16,
+        data=dict(name="docvqa", path="/data/docvqa", split="val", limit=512),
+        pp_fn="decode|resize(448)|...|keep('image', 'text', ..., 'answers', 'question_id')",
+        batch_size=16,
         pred="decode", max_decode_len=32,  # pred_kw=dict(sampler=...) for others
         report=False,             # also write an HTML report (pg_jax.report)
     )
+
+Generic over the data set: the batches hold ``question_id`` and either ``answers`` (the
+accepted answers, padded with "") or a single ``answer``; with ``question_types`` (padded with
+"") the metrics break ANLS down per type, and with ``question`` the records and report show it.
 
 ``run(params)`` yields ``("docvqa/val/anls", x)`` (over every question of the selection, those
 the reader skipped scoring 0), ``.../anls_scored`` (over the decoded ones only, as are
@@ -34,7 +39,6 @@ from __future__ import annotations
 import collections
 import io
 import json
-import math
 import os
 import time
 from collections.abc import Iterator
@@ -43,42 +47,16 @@ from typing import Any
 import jax
 import numpy as np
 
-from pg_jax import predict_fns
-from pg_jax.decode import decoding_params
 from pg_jax.evaluators import anls as anls_lib
 from pg_jax.evaluators import common
-from pg_jax.pp.tokenizer import Tokenizer
 
 # DocVQA's nine question types: a fixed order so every host sums the same statistics vector.
 DOCVQA_TYPES = (
     "figure/diagram", "form", "free_text", "handwritten", "layout", "others", "table/list",
     "Image/Photo", "Yes/No",
 )  # fmt: skip
-MAX_ANSWERS = 16  # Padded answers per question (DocVQA has at most ~10).
 # Why a reader skips a question (pg_jax.data.docvqa); a fixed order for the cross-host sum.
 SKIP_REASONS = ("empty_question", "no_answers", "missing_image", "undecodable_image")
-MAX_TYPES = 8
-
-
-def pp_vqa_eval(res: int, text_len: int, prompt: str, tokenizer: str | None) -> str:
-    """The eval op string of ``input_pipeline.pp_eval`` plus the question text and types.
-
-    The report and the predictions file need the question and its types, which ``pp_eval``
-    drops; everything else (prompt layout, truncation) is exactly the pipeline's.
-    """
-    from pg_jax.data import (
-        input_pipeline,
-    )  # TensorFlow: only when an eval split is read.
-
-    ops, keep = input_pipeline.pp_eval(res, text_len, prompt, tokenizer, MAX_ANSWERS).rsplit(
-        "|keep(", 1
-    )
-    assert keep.startswith("'image'"), keep  # pp_eval must end with its keep(...)
-    return (
-        f"{ops}|tolen({MAX_TYPES}, pad_value='', key='question_types')"
-        "|keep('image', 'text', 'mask_ar', 'mask_input', 'answers', 'question_id', 'truncated', "
-        "'question', 'question_types')"
-    )
 
 
 def _strs(x) -> list[str]:
@@ -112,16 +90,12 @@ class Evaluator:
 
     def __init__(
         self,
-        model,
+        predict_fns: dict,
+        data,
         *,
-        tokenizer: str | None,
+        tokenizer,
         workdir: str | None,
         prefix: str,
-        data: dict,
-        res: int | None = None,
-        text_len: int = 48,
-        prompt: str = "{question}",
-        batch_size: int = 16,
         pred: str = "decode",
         pred_kw: dict | None = None,
         max_decode_len: int = 32,
@@ -129,24 +103,16 @@ class Evaluator:
         report_rows: int = 500,
         progress: bool | None = None,
         baseline_data: dict | None = None,
-        **unused: Any,
     ):
-        """Builds the data source and the predict function.
+        """Keeps the handed-in predict function and data.
 
         Args:
-          model: a ``paligemma.Model``.
-          tokenizer: SentencePiece model path (None: the small project tokenizer); its
-            vocabulary must be the model's.
+          predict_fns: ``pg_jax.predict_fns.get_all(model)``; ``pred`` names the one used.
+          data: the split's ``EvalData`` (``pg_jax.evaluators.common``).
+          tokenizer: the ``Tokenizer`` that detokenises the answers (the model's vocabulary).
           workdir: where ``{stem}.json`` (and ``{stem}.html``) go; None writes nothing.
           prefix: metric prefix, e.g. "docvqa/val"; the file stem is prefix with "/" -> "_".
-          data: ``pg_jax.data.core.get`` kwargs: {"name": ..., "path": ..., "split": ...}.
-          res: image side; default the model's.
-          text_len: prompt length in tokens (longer questions are cut, counted in
-            ``num_truncated``).
-          prompt: prompt template ("{question}" as big_vision, or "answer en {question}").
-          batch_size: per-host batch; the last batch is padded and the padding ignored.
-          pred: name in ``predict_fns.get_all``; pred_kw its keyword arguments
-            (default greedy).
+          pred: name in ``predict_fns``; pred_kw its keyword arguments (default greedy).
           max_decode_len: answer tokens at most (``pred_kw["max_decode_len"]`` wins).
           report: also write an HTML report with page thumbnails (costs a PNG per question).
           report_rows: questions shown in the report, worst first.
@@ -154,27 +120,19 @@ class Evaluator:
           baseline_data: a training source spec; on the first run also yield
             ``baseline_anls``, the score of an image-blind model that always gives the most
             common training answer (``self.baseline_answer``).
-          **unused: other config keys (e.g. the trainer's ``log_percent``) are ignored.
         """
-        del unused
-        from pg_jax.data import (
-            core,
-        )  # TensorFlow-backed: imported only when evaluating.
-
-        self.model, self.prefix, self.workdir = model, prefix, workdir
-        self.tok = Tokenizer(tokenizer)
-        common.check_tokenizer(self.tok, model, what="the model")
-        self.source = core.get(data["name"], **{k: v for k, v in data.items() if k != "name"})
+        if pred not in predict_fns:
+            raise ValueError(f"{prefix}: pred={pred!r}; known: {sorted(predict_fns)}")
+        self.prefix, self.workdir, self.data = prefix, workdir, data
+        self.tok = tokenizer
+        self.source = data.source
         skips = getattr(self.source, "skips", None)  # a prepared cache has none left to skip
         # Questions skipped while reading the metadata (empty question, no answers): the same
         # on every host. They are answered "" and scored 0 when the whole split is evaluated.
         self._read_skips = list(skips.questions) if skips is not None else []
         self._read_skips_counted = bool(getattr(self.source, "whole_split", False))
         self._noted = False
-        self.res = res or model.img["image_size"]
-        self.pp = pp_vqa_eval(self.res, text_len, prompt, tokenizer)
-        self.batch_size = batch_size
-        self.pred, self.predict = pred, predict_fns.get_all(model)[pred]
+        self.predict = predict_fns[pred]
         kw = {"max_decode_len": max_decode_len, "eos_id": self.tok.eos_id}
         self.pred_kw = {**kw, **(pred_kw or {})}
         self.report, self.report_rows, self.progress = report, report_rows, progress
@@ -186,17 +144,6 @@ class Evaluator:
         self.outputs: dict[str, str] = {}
 
     # ------------------------------------------------------------------------------------------
-    def _batches(self) -> Iterator[dict[str, np.ndarray]]:
-        from pg_jax.data import input_pipeline
-
-        return input_pipeline.eval_batches(self.source, self.pp, batch_size=self.batch_size)
-
-    def _num_batches(self) -> int:
-        # Every process runs as many batches as the busiest one (see eval_batches).
-        count = jax.process_count()
-        n = max(self.source.num_examples_for(i, count) for i in range(count))
-        return math.ceil(n / self.batch_size)
-
     def run(self, params: Any) -> Iterator[tuple[str, float]]:
         """Decodes and scores the split once.
 
@@ -208,27 +155,28 @@ class Evaluator:
         """
         if isinstance(params, dict) and "params" in params and "img" not in params:
             params = params["params"]  # Accept the trainer's {"params", "opt"} state too.
-        if self.pred == "decode":  # converted once per run instead of once per batch
-            params = decoding_params(self.model, params)
+        params = self.predict.prepare(params)  # once per run (decoding's layout)
         from tqdm import tqdm
 
         t0 = time.perf_counter()
-        total = self._num_batches()
+        total = self.data.num_batches()
         show = self.progress if self.progress is not None else total >= 20
         show = show and jax.process_index() == 0
         records, thumbs, totals = [], {}, anls_lib.Totals()
         num_truncated = 0
         skips = getattr(self.source, "skips", None)
-        for batch in tqdm(self._batches(), total=total, desc=self.prefix, disable=not show):
+        for batch in tqdm(self.data.batches(), total=total, desc=self.prefix, disable=not show):
             tokens = np.asarray(jax.device_get(self.predict(params, batch, **self.pred_kw)))
             for i in np.flatnonzero(batch["_mask"]):
                 qid = int(batch["question_id"][i])
-                answers = _strs(batch["answers"][i])
-                types = _strs(batch["question_types"][i])
+                answers = _strs(batch["answers"][i] if "answers" in batch
+                                else batch["answer"][i : i + 1])
+                types = _strs(batch["question_types"][i]) if "question_types" in batch else []
                 rec = {
                     "questionId": qid,
                     "answer": self.tok.decode(tokens[i]),
-                    "question": _strs(batch["question"][i : i + 1])[0],
+                    "question": (_strs(batch["question"][i : i + 1]) or [""])[0]
+                    if "question" in batch else "",
                     "answers": answers,
                     "question_types": types,
                 }
