@@ -113,7 +113,8 @@ def make_hf_model(case: Case, seed: int = 0):
 
 def hf_inputs(image, text, mask_ar, num_image_tokens):
     """pg_jax inputs -> HF kwargs: image tokens in the ids and token_type_ids
-    (0 on the image and prompt, 1 on the suffix), always passed (see REFERENCE)."""
+    (0 on the image and prompt, 1 on the suffix), always passed: transformers builds the
+    prefix-LM mask from them, and without them treats the whole text as prefix."""
     b = text.shape[0]
     ids = np.concatenate([np.full((b, num_image_tokens), VOCAB), np.asarray(text)], axis=1)
     types = np.concatenate([np.zeros((b, num_image_tokens)), np.asarray(mask_ar)], axis=1)

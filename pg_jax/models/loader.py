@@ -37,13 +37,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pg_jax.models import hf_config, hf_convert, lora, npz_io, paligemma
+from pg_jax.models import hf_config, hf_convert, lora, npz_io, paligemma, variants
 from pg_jax.models.npz_io import CheckpointError
 from pg_jax.models.safetensors_io import SafetensorsFile
 
 LLM_ONLY = ("final_logits_softcap", "attn_logits_softcap", "query_pre_attn_norm", "sliding_window")
 BOTH_TOWERS = ("dtype", "attention_impl", "remat_policy", "scan_unroll")
-_GEMMA2_27B = dict(width=4608, num_heads=32, head_dim=128)
+# Gemma 2 27B's shapes, which alone use another query scaling (query_pre_attn_norm).
+_GEMMA2_27B = {k: variants.LLMS["gemma2_27b"][k] for k in ("width", "num_heads", "head_dim")}
 
 
 # ---------------------------------------------------------------------------

@@ -144,13 +144,14 @@ class Encoder(nn.Module):
 class Model(nn.Module):
     """SigLIP ViT: image float[B, R, R, 3] in [-1, 1] -> tokens float[B, P, num_classes]."""
 
+    # The sizes (pg_jax.models.variants has the released ones).
     num_classes: int
-    width: int = 1152
-    depth: int = 27
-    mlp_dim: int = 4304
-    num_heads: int = 16
-    patch_size: int = 14
-    image_size: int = 224
+    width: int
+    depth: int
+    mlp_dim: int
+    num_heads: int
+    patch_size: int
+    image_size: int
     dtype: str = "float32"
     attention_impl: str = "einsum"
     remat_policy: str = "none"
