@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pg_jax.models import gemma, lora, paligemma
+from pg_jax.models import gemma, lora, paligemma, quant
 
 SAMPLERS = ("greedy", "temperature", "top_k", "top_p")
 EOS_ID, PAD_ID = 1, 0
@@ -47,6 +47,7 @@ def sample_token(logits, rng, sampler="greedy", temperature=1.0, top_k=0, top_p=
     return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
 
 
+_dequantize = jax.jit(quant.dequantize_tree, static_argnums=1)
 # One compiled converter for every caller (inside _decode it is inlined into the trace).
 _unstack_llm = jax.jit(gemma.unstack_layers, static_argnums=1, static_argnames="fused_qkv")
 
@@ -62,6 +63,8 @@ def decoding_params(model: paligemma.Model, params: dict) -> dict:
     """
     if "layers" not in params["llm"]:
         return params  # converted already
+    if quant.has_quantized(params):  # int8 frozen weights: the loop reads plain arrays
+        params = _dequantize(params, model.llm.get("dtype", "float32"))
     if model.lora:
         params = lora.merge_jit(params, model.lora)
     # Only the LLM is converted: the ViT's arrays are shared, not copied.

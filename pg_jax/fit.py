@@ -5,7 +5,8 @@ predicts its peak per device without running it. When the prediction exceeds the
 memory, the trainer stops before loading any weights and lists which changes would fit, each
 predicted the same way (by compiling the step with that change, from shapes only):
 ``remat_policy=nothing_saveable`` (recompute activations in the backward pass), gradient
-accumulation (the same effective batch in smaller micro-batches), frozen weights in 16 bits.
+accumulation (the same effective batch in smaller micro-batches), frozen weights in 16 bits or
+int8.
 ``--dry_run`` prints the same report and exits.
 """
 
@@ -36,6 +37,8 @@ def candidates(remat_policy: str, grad_accum_steps: int, frozen_dtype: str,
         out.append({**remat, "grad_accum_steps": accum})
     if frozen_dtype == "float32":
         out.append({**remat, "frozen": "bfloat16"})
+    if frozen_dtype != "int8":  # frozen attention/MLP matrices in int8 (pg_jax.models.quant)
+        out.append({**remat, "frozen": "int8"})
     return out
 
 

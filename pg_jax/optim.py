@@ -34,6 +34,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from pg_jax.models import quant
+
 # Named trainable sets for `configs/docvqa.py:freeze=...`.
 PRESETS: dict[str, list[tuple[str, bool]]] = {
     # big_vision's T4 colab: only the LLM's attention weights (~170M of PG1 3B).
@@ -69,7 +71,8 @@ class Optimizer:
 def flatten(tree: Mapping) -> dict[str, Any]:
     """Nested params -> {"img/embedding/kernel": leaf, ...} (big_vision's key names)."""
     out = {}
-    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    # An int8 weight (quant.QArray: values and scales) is one parameter, one leaf.
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree, is_leaf=quant.is_quantized)[0]:
         out["/".join(str(getattr(k, "key", k)) for k in path)] = leaf
     return out
 

@@ -15,7 +15,7 @@ import os
 import jax
 
 from pg_jax import metrics, optim
-from pg_jax.models import exporter, lora, peft_io
+from pg_jax.models import exporter, lora, peft_io, quant
 
 
 def read_summary(path: str) -> dict:
@@ -43,6 +43,11 @@ def write_final(config, workdir: str, params, model, model_cfg: dict, tokenizer_
     # LoRA factors are written on their own (lora.npz, `pg_jax.export --format peft`); the
     # exported model has them merged in, so it is a plain PaliGemma.
     factors = {k: v for k, v in optim.flatten(params).items() if k.endswith(lora.SUFFIXES)}
+    if quant.has_quantized(params):
+        # int8 frozen weights are exported dequantized (with their rounding); the exact base
+        # is the checkpoint the run started from, which a LoRA run's lora.npz goes with.
+        log("Frozen weights were int8: the exported model has them dequantized.")
+        params = quant.dequantize_tree(params, model.llm.get("dtype", "float32"))
     params = lora.merge_jit(params, model.lora) if factors else params
     if jax.process_count() > 1:
         # Arrays sharded across hosts are not addressable from one process: every process

@@ -16,13 +16,14 @@ state.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
 
 from pg_jax import optim, sharding
 from pg_jax import step as step_lib
-from pg_jax.models import loader, lora, paligemma
+from pg_jax.models import loader, lora, paligemma, quant
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,16 +61,16 @@ def plan(
       opt: `optim.make(...)` for the model's parameters.
       mesh: the device mesh.
       strategy: ``config.sharding_strategy`` (regex -> rule pairs, see `pg_jax.sharding`).
-      frozen_dtype: storage dtype of the frozen parameters.
+      frozen_dtype: storage dtype of the frozen parameters; "int8": the frozen matrices of
+        attention and MLP layers as `quant.QArray` (int8 and per-channel scales), the other
+        frozen parameters in the model's compute dtype.
       loss_scale: whether the state holds fp16 dynamic loss-scale state.
     """
     trainable = set(opt.trainable)
     shapes = loader.param_shapes(model)
     lora.check_targets(model.lora, shapes)
-    param_shapes = {
-        k: jax.ShapeDtypeStruct(v.shape, jnp.float32 if k in trainable else jnp.dtype(frozen_dtype))
-        for k, v in shapes.items()
-    }
+    param_shapes = {k: stored_shape(k, v.shape, k in trainable, frozen_dtype, model)
+                    for k, v in shapes.items()}
     param_shardings = sharding.infer_sharding(param_shapes, strategy, mesh)
     opt_shapes = jax.eval_shape(opt.tx.init, {k: param_shapes[k] for k in opt.trainable})
     opt_shardings = sharding.infer_sharding(opt_shapes, strategy, mesh)
@@ -83,6 +84,25 @@ def plan(
         lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings
     )
     return StatePlan(param_shapes, param_shardings, opt, abstract, shardings)
+
+
+def stored_shape(key: str, shape, trainable: bool, frozen_dtype: str, model):
+    """How a parameter is stored in the train state (a ShapeDtypeStruct, or a QArray of them)."""
+    if trainable:
+        return jax.ShapeDtypeStruct(shape, jnp.float32)
+    if frozen_dtype == "int8":
+        if key in quant.QUANTIZABLE:
+            return quant.abstract(key, shape)
+        return jax.ShapeDtypeStruct(shape, jnp.dtype(model.llm.get("dtype", "float32")))
+    return jax.ShapeDtypeStruct(shape, jnp.dtype(frozen_dtype))
+
+
+def to_stored(key: str, value, stored):
+    """A loaded or initialised parameter in its stored form (see `stored_shape`)."""
+    if quant.is_quantized(stored):
+        return quant.quantize(key, value)
+    return value if value.dtype == stored.dtype else value.astype(stored.dtype)
+
 
 
 def materialize(p: StatePlan, model: paligemma.Model, *, init_path: str = "", seed: int = 0,
@@ -106,14 +126,19 @@ def materialize(p: StatePlan, model: paligemma.Model, *, init_path: str = "", se
     flat = {}
     if init_path:
         _, params = loader.load(
-            init_path, model_cfg=model_cfg, shardings=lambda k, s: p.param_shardings[k],
+            init_path, model_cfg=model_cfg,
+            # An int8 weight is read as stored (sharded as its values), then quantized.
+            shardings=lambda k, s: getattr(p.param_shardings[k], "q", p.param_shardings[k]),
             init_missing=init_missing, adapter=adapter,
         )
-        # Cast leaf by leaf: one leaf's second copy at a time, never a whole second model.
-        flat = {
-            k: v if v.dtype == p.param_shapes[k].dtype else v.astype(p.param_shapes[k].dtype)
-            for k, v in optim.flatten(params).items()
-        }
+        # Cast (or quantize) leaf by leaf: one leaf's second copy at a time, never a whole
+        # second model.
+        flat = {}
+        for k, v in optim.flatten(params).items():
+            stored = p.param_shapes[k]
+            flat[k] = (v if not quant.is_quantized(stored) and v.dtype == stored.dtype
+                       else jax.jit(functools.partial(to_stored, k, stored=stored),
+                                    out_shardings=p.param_shardings[k])(v))
         del params
     missing = sorted(set(p.param_shapes) - set(flat))
     if missing:
@@ -125,7 +150,7 @@ def materialize(p: StatePlan, model: paligemma.Model, *, init_path: str = "", se
             # Only the missing leaves are outputs: XLA drops the rest of the init. Cast inside
             # the jit: no float32 copy of frozen weights.
             every = optim.flatten(model.init(rng, *dummy)["params"])
-            return {k: every[k].astype(p.param_shapes[k].dtype) for k in missing}
+            return {k: to_stored(k, every[k], p.param_shapes[k]) for k in missing}
 
         shardings = {k: p.param_shardings[k] for k in missing}
         flat.update(jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(seed)))
@@ -150,10 +175,10 @@ def materialize_random(p: StatePlan, *, seed: int = 0, std: float = 0.02) -> dic
     flat, compiled = {}, {}
     for i, (k, s) in enumerate(sorted(p.param_shapes.items())):
         sh = p.param_shardings[k]
-        sig = (s.shape, s.dtype, sh)
+        sig = (k if quant.is_quantized(s) else s.shape, s.dtype, sh)
         if sig not in compiled:  # one program per distinct leaf
             compiled[sig] = jax.jit(
-                lambda key, s=s: (std * jax.random.normal(key, s.shape)).astype(s.dtype),
+                lambda rng, k=k, s=s: to_stored(k, std * jax.random.normal(rng, s.shape), s),
                 out_shardings=sh,
             )
         if k.endswith("_lora_b"):
