@@ -8,6 +8,7 @@ import pytest
 
 from configs import docvqa
 from pg_jax import kaggle
+from pg_jax.data import core as data_core
 from pg_jax.pp.tokenizer import get_default_tokenizer_path
 
 
@@ -88,7 +89,7 @@ def test_prepare_subsets_of_the_attached_shards(kaggle_input, tmp_path):
     cfg = docvqa.get_config(arg)
     assert cfg.model_init == inputs.ckpt and cfg.tokenizer == inputs.tokenizer
     assert cfg.input.res == 28 and cfg.sharding_strategy == [(".*", 'fsdp(axis="data")')]
-    assert cfg.input.data["name"] == "docvqa_prepared"
+    assert data_core.resolve(cfg.input.data)["name"] == "docvqa_prepared"
     for path, split, count in ((cfg.input.data["path"], "train", 6),
                                (cfg.evals["docvqa/val"]["data"]["path"], "validation", 4)):
         with open(os.path.join(path, "manifest.json")) as f:
