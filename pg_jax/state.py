@@ -154,6 +154,11 @@ def materialize(p: StatePlan, model: paligemma.Model, *, init_path: str = "", se
 
         shardings = {k: p.param_shardings[k] for k in missing}
         flat.update(jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(seed)))
+    return _with_optimizer_state(p, flat)
+
+
+def _with_optimizer_state(p: StatePlan, flat: dict) -> dict:
+    """The train state around the params: optimizer state of the trainable ones, loss scale."""
     opt_state = jax.jit(p.opt.tx.init, out_shardings=p.shardings["opt"])(
         {k: flat[k] for k in p.opt.trainable}
     )
@@ -177,19 +182,18 @@ def materialize_random(p: StatePlan, *, seed: int = 0, std: float = 0.02) -> dic
         sh = p.param_shardings[k]
         sig = (k if quant.is_quantized(s) else s.shape, s.dtype, sh)
         if sig not in compiled:  # one program per distinct leaf
-            compiled[sig] = jax.jit(
-                lambda rng, k=k, s=s: to_stored(k, std * jax.random.normal(rng, s.shape), s),
-                out_shardings=sh,
-            )
+            compiled[sig] = jax.jit(functools.partial(_random_leaf, k, s, std), out_shardings=sh)
         if k.endswith("_lora_b"):
             flat[k] = jax.jit(lambda s=s: jnp.zeros(s.shape, s.dtype), out_shardings=sh)()
         else:
             flat[k] = compiled[sig](jax.random.PRNGKey(seed * 100_003 + i))
-    opt_state = jax.jit(p.opt.tx.init, out_shardings=p.shardings["opt"])(
-        {k: flat[k] for k in p.opt.trainable}
-    )
-    state = {"params": optim.unflatten(flat), "opt": opt_state}
-    if "loss_scale" in p.abstract:
-        state["loss_scale"] = jax.device_put(step_lib.init_loss_scale(),
-                                             p.shardings["loss_scale"])
-    return state
+    return _with_optimizer_state(p, flat)
+
+
+def _random_leaf(key: str, stored, std: float, rng):
+    """N(0, std) values in the stored form; a stacked int8 weight one layer at a time, so that
+    no float32 copy of all its layers exists."""
+    if quant.is_quantized(stored) and stored.ndim > len(lora.LAYOUTS[key].weight):
+        one = lambda r: quant.quantize(key, std * jax.random.normal(r, stored.shape[1:]))  # noqa: E731
+        return jax.lax.map(one, jax.random.split(rng, stored.shape[0]))
+    return to_stored(key, std * jax.random.normal(rng, stored.shape), stored)

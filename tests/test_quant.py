@@ -90,3 +90,21 @@ def test_int8_frozen_weights_train_and_decode(tmp_path):
     np.testing.assert_array_equal(pg_jax.decode(model, st["params"], prompt, max_decode_len=4),
                                   pg_jax.decode(model, plain, prompt, max_decode_len=4))
     assert not quant.has_quantized(pg_jax.decoding_params(model, st["params"]))
+
+
+def test_benchmark_random_state_has_the_plans_stored_forms():
+    """state.materialize_random (the benchmarks' weights): int8 leaves made layer by layer have
+    the plan's shapes, LoRA B is zero, so the benchmark trains the trainer's exact state."""
+    base, _ = tiny_model.make("tiny_pg1")
+    model = paligemma.Model(img=dict(base.img), llm=dict(base.llm), lora={"rank": 2})
+    opt = optim.make(tiny_setup.opt_config("lora"), optim.unflatten(loader.param_shapes(model)), 3)
+    plan = state_lib.plan(model, opt, sharding.make_mesh([("data", -1)]), [(".*", "replicate()")],
+                          frozen_dtype="int8", loss_scale=False)
+    flat = optim.flatten(state_lib.materialize_random(plan)["params"])
+    assert jax.tree.structure(flat) == jax.tree.structure(plan.param_shapes)
+    for k, s in plan.param_shapes.items():
+        for got, want in zip(jax.tree.leaves(flat[k]), jax.tree.leaves(s), strict=True):
+            assert (got.shape, got.dtype) == (want.shape, want.dtype), k
+    w = flat["llm/layers/mlp/linear"]
+    assert quant.is_quantized(w) and int(jnp.abs(w.q).max()) == 127  # per-channel full range
+    assert not np.any(np.asarray(flat["llm/layers/attn/q_einsum/w_lora_b"]))
