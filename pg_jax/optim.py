@@ -217,7 +217,10 @@ def make(config, params_shape: Mapping, total_steps: int) -> Optimizer:
     trainable = tuple(n for n in names if sched_of[n] is not None)
     frozen = tuple(n for n in names if sched_of[n] is None)
     if not trainable:
-        raise ValueError("config.schedule freezes every parameter; nothing would train")
+        hint = ""
+        if any("_lora_" in r for r, s in rules if s is not None):
+            hint = " (the LoRA preset trains LoRA factors, and this model has none: set config.lora)"
+        raise ValueError(f"config.schedule freezes every parameter; nothing would train{hint}")
 
     # One group per schedule rule that actually matched something trainable.
     group_of = {n: next(r for r, s in rules if re.fullmatch(r, n)) for n in trainable}

@@ -15,8 +15,15 @@ def shapes():
     return jax.eval_shape(lambda: tiny_setup.params(tiny_setup.model()))
 
 
+@pytest.fixture(scope="module")
+def lora_shapes():
+    model = tiny_setup.model().clone(lora={"rank": 2})
+    return jax.eval_shape(lambda: tiny_setup.params(model))
+
+
 @pytest.mark.parametrize("freeze", sorted(optim.PRESETS))
-def test_presets_partition_every_param(shapes, freeze):
+def test_presets_partition_every_param(shapes, lora_shapes, freeze):
+    shapes = lora_shapes if freeze == "lora" else shapes
     opt = optim.make(tiny_setup.opt_config(freeze), shapes, 10)
     names = set(optim.flatten(shapes))
     assert set(opt.trainable) | set(opt.frozen) == names
@@ -26,6 +33,13 @@ def test_presets_partition_every_param(shapes, freeze):
         assert "llm/layers/attn/q_einsum/w" in opt.trainable
     if freeze == "full":
         assert not opt.frozen
+    if freeze == "lora":
+        assert opt.trainable and all(k.endswith(("_lora_a", "_lora_b")) for k in opt.trainable)
+
+
+def test_lora_preset_on_a_model_without_factors_says_so(shapes):
+    with pytest.raises(ValueError, match="this model has none: set config.lora"):
+        optim.make(tiny_setup.opt_config("lora"), shapes, 10)
 
 
 def test_no_optimizer_state_for_frozen(shapes):
