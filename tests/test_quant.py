@@ -32,6 +32,7 @@ def _state(model, ckpt, frozen_dtype, freeze="lora"):
                                             init_missing=(lora.FACTOR_PATTERN,))
 
 
+@pytest.mark.newest_only  # a numerics measure: stack 1 (the newest releases) reports it
 @pytest.mark.parametrize("variant", ["tiny_pg1", "tiny_pg2"])
 def test_int8_logit_drift_is_of_the_order_of_bfloat16s(variant, tmp_path):
     base, params = tiny_model.make(variant)
