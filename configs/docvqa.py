@@ -266,7 +266,7 @@ def add_lora(c, cfg) -> None:
     cfg.lora = ml_collections.ConfigDict()
     cfg.lora.rank = c.lora_rank
     cfg.lora.alpha = float(2 * c.lora_rank)  # scale alpha / rank = 2, as common PEFT recipes
-    cfg.lora.dropout = 0.0
+    cfg.lora.dropout = 0.0  # PEFT's lora_dropout: on the factors' inputs, in training only
     cfg.lora.targets = list(lora.TARGETS[c.lora_targets])  # regexes over weight names
     cfg.lora.adapter = ""
     cfg.init_missing = [lora.FACTOR_PATTERN]

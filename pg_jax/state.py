@@ -62,8 +62,8 @@ def plan(
       mesh: the device mesh.
       strategy: ``config.sharding_strategy`` (regex -> rule pairs, see `pg_jax.sharding`).
       frozen_dtype: storage dtype of the frozen parameters; "int8": the frozen matrices of
-        attention and MLP layers as `quant.QArray` (int8 and per-channel scales), the other
-        frozen parameters in the model's compute dtype.
+        attention and MLP layers and the token embedding as `quant.QArray` (int8 and
+        per-channel scales), the other frozen parameters in the model's compute dtype.
       loss_scale: whether the state holds fp16 dynamic loss-scale state.
     """
     trainable = set(opt.trainable)
@@ -193,7 +193,8 @@ def materialize_random(p: StatePlan, *, seed: int = 0, std: float = 0.02) -> dic
 def _random_leaf(key: str, stored, std: float, rng):
     """N(0, std) values in the stored form; a stacked int8 weight one layer at a time, so that
     no float32 copy of all its layers exists."""
-    if quant.is_quantized(stored) and stored.ndim > len(lora.LAYOUTS[key].weight):
+    stacked = key in lora.LAYOUTS and stored.ndim > len(lora.LAYOUTS[key].weight)
+    if quant.is_quantized(stored) and stacked:
         one = lambda r: quant.quantize(key, std * jax.random.normal(r, stored.shape[1:]))  # noqa: E731
         return jax.lax.map(one, jax.random.split(rng, stored.shape[0]))
     return to_stored(key, std * jax.random.normal(rng, stored.shape), stored)

@@ -53,7 +53,8 @@ def loss_positions(mask: jax.Array, loss_len: int) -> tuple[jax.Array, jax.Array
     return idx, valid, dropped
 
 
-def answer_nll(params: dict, batch: dict, *, model: paligemma.Model, loss_len: int):
+def answer_nll(params: dict, batch: dict, *, model: paligemma.Model, loss_len: int,
+               rngs: dict | None = None):
     """Per-example summed negative log-likelihood of the answer tokens (teacher forcing).
 
     The one definition of the answer loss: the train step's `loss_fn` and the perplexity
@@ -64,6 +65,8 @@ def answer_nll(params: dict, batch: dict, *, model: paligemma.Model, loss_len: i
       batch: image float[B, R, R, 3], text int32[B, L+1], mask_ar, mask_loss, mask_input.
       model: the PaliGemma model.
       loss_len: logits are computed at this many answer positions per example only.
+      rngs: flax rngs for the forward pass ({"dropout": key} in training with LoRA dropout;
+        None: deterministic).
 
     Returns:
       (nll float32[B] summed over scored tokens, tokens int32[B] scored, dropped int32[]
@@ -79,6 +82,7 @@ def answer_nll(params: dict, batch: dict, *, model: paligemma.Model, loss_len: i
         batch["mask_ar"][:, :-1],
         input_mask=batch["mask_input"][:, :-1].astype(bool),
         logits_at=idx,
+        rngs=rngs,
     )
     # Logits are float32 whatever the compute dtype (the model casts before the tied head).
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
@@ -87,19 +91,20 @@ def answer_nll(params: dict, batch: dict, *, model: paligemma.Model, loss_len: i
     return jnp.sum(nll * valid, axis=1), jnp.sum(valid, axis=1), dropped
 
 
-def loss_fn(params: dict, batch: dict, *, model: paligemma.Model, loss_len: int):
+def loss_fn(params: dict, batch: dict, *, model: paligemma.Model, loss_len: int,
+            rngs: dict | None = None):
     """Masked next-token cross entropy on the answer tokens, big_vision's normalisation.
 
     Each example's loss is the mean over its answer tokens; the batch loss is the mean over
     examples (so equal micro-batches average to the full batch's loss exactly).
 
     Args:
-      params, batch, model, loss_len: as in `answer_nll`.
+      params, batch, model, loss_len, rngs: as in `answer_nll`.
 
     Returns:
       (loss float32[], aux dict with "tokens" and "dropped" int32 counts).
     """
-    nll, tokens, dropped = answer_nll(params, batch, model=model, loss_len=loss_len)
+    nll, tokens, dropped = answer_nll(params, batch, model=model, loss_len=loss_len, rngs=rngs)
     per_example = nll / jnp.maximum(tokens, 1)
     return jnp.mean(per_example), {"tokens": jnp.sum(tokens), "dropped": dropped}
 
@@ -151,18 +156,23 @@ def make_update_fn(
       ``update_fn(train_state, rng, batch) -> (train_state, measurements)``.
     """
     k = grad_accum_steps
+    # The only randomness in training is LoRA dropout; without it the step ignores its rng.
+    dropout = bool(model.lora and model.lora.get("dropout", 0.0))
 
-    def grads_of(trainable, frozen, batch, scale):
+    def grads_of(trainable, frozen, batch, scale, rng):
+        rngs = {"dropout": rng} if dropout else None
+
         def scaled_loss(tr):
-            loss, aux = loss_fn(optim.merge(tr, frozen), batch, model=model, loss_len=loss_len)
+            loss, aux = loss_fn(optim.merge(tr, frozen), batch, model=model, loss_len=loss_len,
+                                rngs=rngs)
             return loss * scale, (loss, aux)
 
         (_, (loss, aux)), grads = jax.value_and_grad(scaled_loss, has_aux=True)(trainable)
         return loss, aux, grads
 
-    def accumulated(trainable, frozen, batch, scale):
+    def accumulated(trainable, frozen, batch, scale, rng):
         if k == 1:
-            return grads_of(trainable, frozen, batch, scale)
+            return grads_of(trainable, frozen, batch, scale, rng)
         b = batch["text"].shape[0]
         if b % k:
             raise ValueError(f"batch {b} is not divisible by grad_accum_steps {k}")
@@ -172,9 +182,10 @@ def make_update_fn(
         )
         zeros = jax.tree_util.tree_map(lambda p: jnp.zeros(p.shape, jnp.float32), trainable)
 
-        def body(carry, mb):
+        def body(carry, xs):
+            mb, i = xs
             loss_sum, tok, drop, g_sum = carry
-            loss, aux, g = grads_of(trainable, frozen, mb, scale)
+            loss, aux, g = grads_of(trainable, frozen, mb, scale, jax.random.fold_in(rng, i))
             g_sum = jax.tree_util.tree_map(lambda a, x: a + x.astype(jnp.float32), g_sum, g)
             return (
                 loss_sum + loss,
@@ -189,19 +200,21 @@ def make_update_fn(
             jnp.zeros((), jnp.int32),
             zeros,
         )
-        (loss_sum, tok, drop, g_sum), _ = jax.lax.scan(body, init, micro)
+        (loss_sum, tok, drop, g_sum), _ = jax.lax.scan(body, init, (micro, jnp.arange(k)))
         grads = jax.tree_util.tree_map(lambda g, p: (g / k).astype(p.dtype), g_sum, trainable)
         return loss_sum / k, {"tokens": tok, "dropped": drop}, grads
 
     def update_fn(train_state, rng, batch):
-        del rng  # No dropout in PaliGemma fine-tuning; kept for the big_vision signature.
         params, opt_state = train_state["params"], train_state["opt"]
         trainable, frozen = optim.split(params, opt.trainable)
         step = get_step(opt_state)
+        # The loop passes one key for the run: each step's masks come from it and the step
+        # number, so a resumed run draws the masks the uninterrupted one would have.
+        rng = jax.random.fold_in(rng, step)
         ls = train_state.get("loss_scale")
         scale = ls["scale"] if ls is not None else jnp.ones((), jnp.float32)
 
-        loss, aux, grads = accumulated(trainable, frozen, batch, scale)
+        loss, aux, grads = accumulated(trainable, frozen, batch, scale, rng)
         grads = jax.tree_util.tree_map(lambda g: g / scale.astype(g.dtype), grads)
         updates, new_opt = opt.tx.update(grads, opt_state, trainable)
         new_trainable = optax.apply_updates(trainable, updates)

@@ -1,5 +1,6 @@
 """Run in a subprocess with 8 fake CPU devices: the FSDP-sharded and the data-parallel
-(replicated) steps equal one device, for attention-only and for LoRA training."""
+(replicated) steps equal one device, for attention-only and for LoRA training (with dropout,
+and with int8 frozen weights)."""
 
 import os
 import sys
@@ -13,15 +14,22 @@ jax.config.update("jax_threefry_partitionable", True)
 
 from pg_jax import optim, sharding
 from pg_jax import step as step_lib
+from pg_jax.models import quant
 from tests import tiny_setup
 
 
-def run(devices, strategy, freeze="attn"):
+def run(devices, strategy, freeze="attn", frozen_int8=False):
     mesh = sharding.make_mesh([("data", -1)], devices)
     model = tiny_setup.model()
     if freeze == "lora":
-        model = model.clone(lora={"rank": 4, "alpha": 8.0, "targets": "attn_mlp"})
+        # Dropout: the masks come from the step's key, the same however the batch is split.
+        model = model.clone(lora={"rank": 4, "alpha": 8.0, "targets": "attn_mlp",
+                                  "dropout": 0.1})
     params = tiny_setup.params(model)
+    if frozen_int8:
+        flat = optim.flatten(params)
+        params = optim.unflatten({k: quant.quantize(k, v) if k in quant.QUANTIZABLE else v
+                                  for k, v in flat.items()})
     # SGD: linear in the gradient, so float reassociation across devices stays tiny (Adam's
     # g / sqrt(v) turns ~0 gradients into +-lr and amplifies it).
     opt = optim.make(tiny_setup.opt_config(freeze, optax_name="sgd", lr=0.5), params, 10)
@@ -70,6 +78,14 @@ def main():
     assert l1[2] < l1[0], l1  # the factors learn
     for k in p1:
         np.testing.assert_allclose(p8[k], p1[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    # int8 frozen weights (values and per-channel scales) shard and train the same.
+    l8, p8, n8 = run(jax.devices(), strategy, "lora", frozen_int8=True)
+    l1, p1, _ = run(jax.devices()[:1], strategy, "lora", frozen_int8=True)
+    assert quant.is_quantized(p1[quant.EMBEDDING]) and n8 > 10, n8
+    np.testing.assert_allclose(l8, l1, rtol=1e-5)
+    for k in p1:
+        if not quant.is_quantized(p1[k]):
+            np.testing.assert_allclose(p8[k], p1[k], rtol=1e-5, atol=1e-6, err_msg=k)
     print("SHARDED_OK", l8, n8)
 
 

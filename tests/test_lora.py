@@ -153,3 +153,42 @@ def test_freeze_lora_run_exports_merged_weights_and_a_peft_adapter(synth, ckpt, 
     export.main(["--ckpt", wd, "--format", "peft", "--out", str(tmp_path / "adapter")])
     with open(tmp_path / "adapter" / "adapter_config.json") as f:
         assert json.load(f)["r"] == 2
+
+
+def test_dropout_draws_per_rng_is_unbiased_and_only_in_training():
+    """``lora.dropout``: masks come from the "dropout" rng only (decoding and evaluation pass
+    none, so they equal the dropout-free model); averaged over masks the factors' effect is the
+    dropout-free one (inverted dropout's 1/(1-p)); the train step draws them from its key."""
+    from pg_jax import step as step_lib
+
+    base_model, params = tiny_model.make("tiny_pg1")
+    cfg = {"img": dict(base_model.img), "llm": dict(base_model.llm)}
+    no_drop, p = _with_factors(cfg, params, dict(rank=4, alpha=8.0, targets="all"), b_std=2e-4)
+    model = paligemma.Model(**cfg, lora=dict(rank=4, alpha=8.0, targets="all", dropout=0.5))
+    image, text, mask_ar = _inputs(cfg["img"]["image_size"])
+
+    def out(m, key=None):
+        rngs = None if key is None else {"dropout": key}
+        return m.apply({"params": p}, image, text, mask_ar, rngs=rngs)[0]
+
+    det = out(no_drop)
+    np.testing.assert_array_equal(out(model), det)  # no rng: deterministic, as in decoding
+    one, two = out(model, jax.random.PRNGKey(1)), out(model, jax.random.PRNGKey(2))
+    assert float(jnp.abs(one - det).max()) > 1e-5 and float(jnp.abs(one - two).max()) > 1e-5
+    base = base_model.apply({"params": params}, image, text, mask_ar)[0]
+    draws = jax.jit(jax.vmap(lambda k: out(model, k)))(jax.random.split(jax.random.PRNGKey(3), 512))
+    mean_effect, effect = jnp.mean(draws, 0) - base, det - base
+    # Tiny B: the output is close to linear in the factors, so E[effect] ~ the dropout-free
+    # effect, up to the mean of 512 masks' noise; without the 1/(1-p) rescale it is 0.5 off.
+    assert float(jnp.linalg.norm(mean_effect - effect) / jnp.linalg.norm(effect)) < 0.15
+
+    opt = optim.make(_opt_config(optim.PRESETS["lora"]), loader.param_shapes(model), total_steps=3)
+    update = jax.jit(step_lib.make_update_fn(model, opt, loss_len=3))
+    trainable, frozen = optim.split(p, opt.trainable)
+    state = {"params": p, "opt": opt.tx.init(trainable)}
+    batch = {"image": image, "text": text, "mask_ar": mask_ar, "mask_loss": mask_ar,
+             "mask_input": np.ones_like(text)}
+    loss = lambda key: float(update(state, jax.random.PRNGKey(key), batch)[1]["training_loss"])  # noqa: E731
+    assert loss(0) == loss(0) and loss(0) != loss(1)
+    with pytest.raises(lora.LoraError, match="dropout"):
+        lora.normalize(dict(rank=2, dropout=1.0))

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
-from pg_jax.models import attention, lora
+from pg_jax.models import attention, lora, quant
 
 QUERY_PRE_ATTN_NORMS = ("rsqrt_head_dim", "rsqrt_emb_per_head")
 
@@ -122,8 +122,11 @@ class Embedder(nn.Module):
         return x * jnp.asarray(self.width**0.5, dtype)
 
     def decode(self, x: jax.Array) -> jax.Array:
-        table = self.input_embedding.astype(x.dtype)
-        return attention.einsum_float32("...D,VD->...V", x, table)
+        table = self.input_embedding
+        if quant.is_quantized(table):  # int8, one scale per token = per logit
+            logits = attention.einsum_float32("...D,VD->...V", x, table.q.astype(x.dtype))
+            return logits * table.scale[:, 0].astype(logits.dtype)
+        return attention.einsum_float32("...D,VD->...V", x, table.astype(x.dtype))
 
 
 class Attention(nn.Module):
@@ -395,7 +398,7 @@ class Model(nn.Module):
             self.layers = nn.scan(
                 block,
                 variable_axes={"params": 0},
-                split_rngs={"params": True},
+                split_rngs={"params": True, "dropout": True},
                 in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
                 length=self.depth,
                 unroll=self.scan_unroll,

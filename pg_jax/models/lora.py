@@ -111,13 +111,14 @@ def normalize(config: Mapping | None) -> flax.core.FrozenDict | None:
     rank = int(config.get("rank", 0))
     if rank <= 0:
         raise LoraError(f"lora.rank must be a positive integer, got {config.get('rank')!r}")
-    if float(config.get("dropout", 0.0)):
-        raise LoraError("lora.dropout: only 0 is supported (the factors train without dropout)")
+    dropout = float(config.get("dropout", 0.0))
+    if not 0.0 <= dropout < 1.0:
+        raise LoraError(f"lora.dropout must be in [0, 1), got {config.get('dropout')!r}")
     targets = config.get("targets", TARGETS["attn"])
     if isinstance(targets, str):  # a preset name or one regex
         targets = TARGETS.get(targets, (targets,))
     return flax.core.FrozenDict(
-        rank=rank, alpha=float(config.get("alpha", rank)), targets=tuple(targets), dropout=0.0
+        rank=rank, alpha=float(config.get("alpha", rank)), targets=tuple(targets), dropout=dropout
     )
 
 
@@ -159,6 +160,11 @@ def delta(module: nn.Module, name: str, x: jax.Array, weight_shape, config) -> j
 
     Declares the factors as params of ``module``. ``x`` ends with the weight's input axes; the
     result is ``[parts, ..., outputs]`` (no parts axis when the weight has none).
+
+    With ``config["dropout"]`` > 0 and a "dropout" rng (the train step passes one; decoding and
+    evaluation do not, so they are deterministic), the factors see inverted dropout of ``x``,
+    as PEFT's ``lora_B(lora_A(dropout(x)))``: one mask per part, since PEFT's separate gate/up
+    and k/v modules draw their own.
     """
     key = weight_key(module, name)
     if not is_target(key, config):
@@ -172,7 +178,16 @@ def delta(module: nn.Module, name: str, x: jax.Array, weight_shape, config) -> j
     a = module.param(name + "_lora_a", a_init, a_shape)
     b = module.param(name + "_lora_b", nn.initializers.zeros_init(), b_shape)
     p, i, o = layout.parts, layout.inputs, layout.outputs
-    xa = jnp.einsum(f"...{i},{layout.a}->{p}...r", x, a.astype(x.dtype))
+    rate = config.get("dropout", 0.0)
+    if rate and module.has_rng("dropout"):
+        if p:
+            x = jnp.broadcast_to(x, (a_shape[0], *x.shape))
+        keep = jax.random.bernoulli(module.make_rng("dropout"), 1.0 - rate, x.shape)
+        x = jnp.where(keep, x / jnp.asarray(1.0 - rate, x.dtype), jnp.zeros((), x.dtype))
+        src = f"{p}...{i}"
+    else:
+        src = f"...{i}"
+    xa = jnp.einsum(f"{src},{layout.a}->{p}...r", x, a.astype(x.dtype))
     y = jnp.einsum(f"{p}...r,{layout.b}->{p}...{o}", xa, b.astype(x.dtype))
     return y * jnp.asarray(scale(config), y.dtype)
 

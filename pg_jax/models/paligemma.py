@@ -109,7 +109,8 @@ class Model(nn.Module):
           text: int32[B, T] token ids.
           mask_ar: int32[B, T], 0 for the prefix (prompt), 1 for causal tokens.
           input_mask: optional bool[B, T], False on padding. Default: all valid.
-          train: unused (no dropout); kept for big_vision's call signature.
+          train: unused (kept for big_vision's call signature): the one dropout, LoRA's,
+            follows whether a "dropout" rng is passed (see `pg_jax.models.lora.delta`).
           logits_at: optional int32[B, P] text positions at which to compute
             logits. A [B, T, 257152] float32 logits tensor is the largest
             activation in training; the loss only needs the answer positions.

@@ -5,9 +5,12 @@ A quantized weight is a `QArray` leaf in the params tree under the weight's own 
 (one scale per output channel, per layer). Layers read it with ``w.astype(compute_dtype)``, as
 every weight, which here dequantizes (``q * scale``) inside the jitted step, one layer at a time
 under the layer scan: the stored weights take a quarter of float32's memory and half of bf16's,
-and no dequantized copy of the whole model ever exists. Only frozen weights are quantized, only
-the matrices LoRA can adapt (`lora.LAYOUTS`: the LLM's and the image encoder's attention and MLP
-weights); embeddings, norms, biases and trainable weights keep their dtype.
+and no dequantized copy of the whole model ever exists. Only frozen weights are quantized: the
+matrices LoRA can adapt (`lora.LAYOUTS`: the LLM's and the image encoder's attention and MLP
+weights) and the token embedding (one scale per token: the row a lookup reads, and the output
+channel of the tied logits, so the logits are ``(x @ q.T) * scale.T`` with no dequantized table;
+it is 0.9 of PaliGemma 2 10B's 10 GB of int8). Norms, biases, position embeddings and trainable
+weights keep their dtype.
 
 Decoding and export dequantize (`dequantize_tree`): the decode loop reads plain arrays, and an
 exported model is a plain PaliGemma (with the quantization's rounding in its frozen weights).
@@ -21,7 +24,8 @@ import numpy as np
 
 from pg_jax.models import lora
 
-QUANTIZABLE = tuple(lora.LAYOUTS)
+EMBEDDING = "llm/embedder/input_embedding"
+QUANTIZABLE = (*lora.LAYOUTS, EMBEDDING)
 
 
 @jax.tree_util.register_pytree_node_class
@@ -58,6 +62,10 @@ class QArray:
     def astype(self, dtype):
         return self.q.astype(dtype) * self.scale.astype(dtype)
 
+    def __getitem__(self, index):
+        """Rows of a per-row-scaled table (the embedding lookup), still quantized."""
+        return QArray(self.q[index], self.scale[index])
+
     def __repr__(self):
         return f"QArray(int8{list(self.q.shape)}, scale{list(self.scale.shape)})"
 
@@ -67,6 +75,8 @@ def is_quantized(x) -> bool:
 
 
 def _input_axes(key: str, ndim: int) -> tuple[int, ...]:
+    if key == EMBEDDING:  # [V, D]: one scale per token
+        return (ndim - 1,)
     layout = lora.LAYOUTS[key]
     lead = ndim - len(layout.weight)  # 1: the stacked layer axis
     return tuple(lead + layout.weight.index(c) for c in layout.inputs)

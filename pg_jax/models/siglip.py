@@ -132,7 +132,7 @@ class Encoder(nn.Module):
         blocks = nn.scan(
             block,
             variable_axes={"params": 0},
-            split_rngs={"params": True},
+            split_rngs={"params": True, "dropout": True},
             length=self.depth,
             unroll=self.scan_unroll,
         )(self.mlp_dim, self.num_heads, self.dtype, self.attention_impl, self.lora,
