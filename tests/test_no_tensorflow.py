@@ -1,5 +1,7 @@
-"""The GPU machine has no TensorFlow: the model, train step, decoding, predict, export and the
-benchmark scripts must not need it (only the input pipeline does)."""
+"""The GPU machine has no TensorFlow: the model, train step, decoding, predict, export, the
+preprocessed-arrays data source and the benchmark scripts must not need it (only the input
+pipeline does). Training from an arrays file with TensorFlow blocked:
+tests/test_preprocessed_arrays.py."""
 
 import os
 import subprocess
@@ -9,11 +11,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHECK = (
     "import sys, importlib.util\n"
     "for script in ('bench_decode', 'bench_forward', 'bench_train_step', 'bench_train',\n"
-    "               'bench_train_levers', 'profile_decode'):\n"
+    "               'bench_train_levers', 'profile_decode', 'make_demo_checkpoint'):\n"
     "    spec = importlib.util.spec_from_file_location(script, f'scripts/{script}.py')\n"
     "    spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
     "import pg_jax.predict, pg_jax.predict_fns, pg_jax.report, pg_jax.evaluators.anls\n"
     "import pg_jax.step, pg_jax.optim, pg_jax.sharding, pg_jax.export, pg_jax.models.loader\n"
+    "import pg_jax.data.preprocessed_arrays, pg_jax.data.training\n"
     "assert sys.modules['tensorflow'] is None, 'tensorflow was imported'\n"
 )
 

@@ -4,7 +4,9 @@
   it = make_iterator(batch_size=per_process_batch, seed=config.seed, state=saved_position)
 
 ``config.input.data`` names a data set (``pg_jax.data.core``); ``{"name": "random"}`` gives
-random batches (benchmarking: no files, no TensorFlow). The synthetic placeholder
+random batches (benchmarking: no files, no TensorFlow), and ``{"name": "arrays", "path": F}``
+the preprocessed examples of a file written by ``pg_jax.data.preprocessed_arrays.write`` (the
+real pipeline's output, read back without TensorFlow). The synthetic placeholder
 (``path="synthetic"``) is generated on first use, and with ``config.input.cache_dir`` a raw
 DocVQA source is prepared once into that cache and read from there.
 """
@@ -59,6 +61,15 @@ def from_config(config, *, vocab_size: int) -> tuple[object, Callable]:
             # As many answer tokens as the loss scores (at most half the text).
             answer_len=min(config.loss_len, config.input.text_len // 2),
             process_index=jax.process_index(),
+        )
+        return source, source.make_iterator
+    if config.input.data["name"] == "arrays":
+        from pg_jax.data import preprocessed_arrays
+
+        source = preprocessed_arrays.ArraySource(
+            config.input.data["path"], res=config.input.res, text_len=config.input.text_len,
+            pp=config.input.pp, process_index=jax.process_index(),
+            process_count=jax.process_count(),
         )
         return source, source.make_iterator
     from pg_jax.data import core, input_pipeline  # TensorFlow enters here, and only here
