@@ -48,12 +48,11 @@ def sample_token(logits, rng, sampler="greedy", temperature=1.0, top_k=0, top_p=
 
 
 _dequantize = jax.jit(quant.dequantize_tree, static_argnums=1)
-_quantize_for_decoding = jax.jit(quant.quantize_for_decoding)
 # One compiled converter for every caller (inside _decode it is inlined into the trace).
 _unstack_llm = jax.jit(gemma.unstack_layers, static_argnums=1, static_argnames="fused_qkv")
 
 
-def decoding_params(model: paligemma.Model, params: dict, weights: str = "") -> dict:
+def decoding_params(model: paligemma.Model, params: dict) -> dict:
     """The params in the layout the decode loop reads; ``decode`` accepts either.
 
     ``decode`` converts stored (stacked) params on every call, which copies every LLM weight
@@ -61,10 +60,6 @@ def decoding_params(model: paligemma.Model, params: dict, weights: str = "") -> 
     same weights (evaluators, the predict CLI) converts once with this. The result takes as
     much memory as the LLM weights again; drop it after decoding. LoRA factors are merged
     into their weights here, so a LoRA model decodes exactly like a plain one.
-
-    ``weights="int8"`` stores the LLM's matrices and token embedding in int8 with one scale per
-    output channel (`quant.quantize_for_decoding`): half the bytes each generated token reads,
-    with int8's rounding in the answers (measured in BENCHMARKS.md). "": the params' dtypes.
     """
     if "layers" not in params["llm"]:
         return params  # converted already
@@ -73,12 +68,7 @@ def decoding_params(model: paligemma.Model, params: dict, weights: str = "") -> 
     if model.lora:
         params = lora.merge_jit(params, model.lora)
     # Only the LLM is converted: the ViT's arrays are shared, not copied.
-    llm = _unstack_llm(params["llm"], model.llm["depth"], fused_qkv=True)
-    if weights == "int8":
-        llm = _quantize_for_decoding(llm)
-    elif weights:
-        raise ValueError(f"decoding_params: weights={weights!r}; expected '' or 'int8'")
-    return {**params, "llm": llm}
+    return {**params, "llm": _unstack_llm(params["llm"], model.llm["depth"], fused_qkv=True)}
 
 
 @functools.partial(

@@ -98,14 +98,13 @@ def _median_time(fn, iters: int, warmup: int) -> float:
     return float(np.median(times))
 
 
-def bench_pg_jax(model, params, inputs, steps: int, iters: int, warmup: int,
-                 weights: str = "") -> dict:
+def bench_pg_jax(model, params, inputs, steps: int, iters: int, warmup: int) -> dict:
     batch = {"image": jnp.asarray(inputs["image"], params["img"]["embedding"]["kernel"].dtype),
              "text": jnp.asarray(inputs["text"])}  # fmt: skip
 
     # Converted to the decode layout once, as the evaluators and the predict CLI do (timed
     # apart: a one-off per evaluation, like moving weights into HF's layout at load time).
-    convert = lambda: jax.block_until_ready(decoding_params(model, params, weights))  # noqa: E731
+    convert = lambda: jax.block_until_ready(decoding_params(model, params))  # noqa: E731
     convert_seconds = _median_time(convert, iters, warmup)
     params = convert()
 
@@ -243,8 +242,6 @@ def main(argv=None) -> int:
     p.add_argument("--prompt_len", type=int, default=16, help="[bos] question \\n tokens")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     p.add_argument("--attention_impl", default="einsum", help="pg_jax: einsum | xla | cudnn")
-    p.add_argument("--weights", default="", choices=["", "int8"],
-                   help="pg_jax's decode weights: '' (the dtype) or int8 (per-channel scales)")
     p.add_argument("--iters", type=int, default=5, help="timed runs per measurement (median)")
     p.add_argument("--warmup", type=int, default=2, help="untimed runs first (compile, tune)")
     p.add_argument("--hbm_gbps", type=float, default=3350.0, help="HBM bandwidth, GB/s (H100)")
@@ -275,8 +272,6 @@ def main(argv=None) -> int:
         model = paligemma.Model(**cfg)
         params = random_params(model, jnp.dtype(a.dtype))
         weight_bytes = llm_weight_bytes(params)
-        if a.weights == "int8":  # one byte per weight (the scales add under 0.1%)
-            weight_bytes //= jnp.dtype(a.dtype).itemsize
         bound = 1e3 * weight_bytes / (a.hbm_gbps * 1e9)
         results["bound_ms_per_token"][res] = bound
         results["llm_weight_bytes"] = weight_bytes
@@ -289,7 +284,7 @@ def main(argv=None) -> int:
         for b in a.batch:
             inputs = make_inputs(b, res, a.prompt_len, variants.REAL_VOCAB)
             row = {"res": res, "batch": b}
-            r = bench_pg_jax(model, params, inputs, a.decode_len, a.iters, a.warmup, a.weights)
+            r = bench_pg_jax(model, params, inputs, a.decode_len, a.iters, a.warmup)
             ours = r.pop("tokens")
             r["examples_per_sec"] = b / r["seconds"]
             row["pg_jax"] = r

@@ -129,35 +129,3 @@ def test_benchmark_random_state_has_the_plans_stored_forms():
     w = flat["llm/layers/mlp/linear"]
     assert quant.is_quantized(w) and int(jnp.abs(w.q).max()) == 127  # per-channel full range
     assert not np.any(np.asarray(flat["llm/layers/attn/q_einsum/w_lora_b"]))
-
-
-def test_int8_decoding_reads_int8_weights_and_stays_close_to_the_plain_decode():
-    """``decoding_params(weights="int8")``: every LLM matrix and the embedding are int8 in the
-    decode layout, and the first generated token's logits stay within int8's rounding."""
-    base, params = tiny_model.make("tiny_pg1")
-    plain = pg_jax.decoding_params(base, params)
-    q8 = pg_jax.decoding_params(base, params, weights="int8")
-    layer = q8["llm"]["layers_0"]
-    assert all(quant.is_quantized(w) for w in (
-        layer["attn"]["qkv_fused"], layer["attn"]["attn_vec_einsum"]["w"],
-        layer["mlp"]["gating_einsum"], layer["mlp"]["linear"],
-        q8["llm"]["embedder"]["input_embedding"]))
-    assert not quant.is_quantized(plain["llm"]["layers_0"]["mlp"]["linear"])
-    rng = np.random.default_rng(4)
-    res = base.img["image_size"]
-    batch = {"image": rng.uniform(-1, 1, (2, res, res, 3)).astype(np.float32),
-             "text": rng.integers(3, 90, (2, 5)).astype(np.int32)}
-    step = base.clone(llm={**base.llm, "scan": False, "fused_qkv": True, "split_gating": False})
-
-    def first_logits(p):
-        image, text = batch["image"], batch["text"]
-        mask_ar = np.zeros_like(text)
-        return step.apply({"params": p}, image, text, mask_ar)[0][:, -1]
-
-    ref, got = first_logits(plain), first_logits(q8)
-    drift = float(jnp.abs(got - ref).max())
-    assert 0 < drift < 0.25 * float(jnp.abs(ref).max()), drift
-    tokens = pg_jax.decode(base, q8, batch, max_decode_len=4)
-    assert tokens.shape == (2, 4)
-    with pytest.raises(ValueError, match="weights"):
-        pg_jax.decoding_params(base, params, weights="int4")

@@ -101,7 +101,7 @@ class FlatMatmul(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         w = self.param("w", self.w_init, self.shape)
-        return _matmul(x, w.astype(x.dtype).reshape(-1, self.shape[-1]))
+        return _matmul(x, w.reshape(-1, self.shape[-1]).astype(x.dtype))
 
 
 class Embedder(nn.Module):

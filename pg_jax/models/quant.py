@@ -91,50 +91,6 @@ def quantize(key: str, w: jax.Array) -> QArray:
     return QArray(q, scale)
 
 
-def quantize_over(w: jax.Array, axes: tuple[int, ...]) -> QArray:
-    """Symmetric int8 with one scale per index of the axes not in ``axes`` (the input axes)."""
-    w = jnp.asarray(w, jnp.float32)
-    amax = jnp.max(jnp.abs(w), axis=axes, keepdims=True)
-    scale = jnp.where(amax > 0, amax / 127.0, 1.0)
-    return QArray(jnp.clip(jnp.round(w / scale), -127, 127).astype(jnp.int8), scale)
-
-
-# The decode layout's weights (`pg_jax.decode.decoding_params`: one layer per subtree, q/k/v as
-# one matrix, see gemma.fuse_qkv) and their input axes, for int8 decoding.
-DECODE_INPUT_AXES = {
-    "attn/qkv_fused": (0,),  # [D, (N + 2K) * H]
-    "attn/attn_vec_einsum/w": (0, 1),  # [N, H, D]
-    "mlp/gating_einsum": (1,),  # [2, D, F]
-    "mlp/linear": (0,),  # [F, D]
-}
-
-
-def quantize_for_decoding(llm_params: dict) -> dict:
-    """The decode layout's LLM params with its matrices and the token embedding in int8.
-
-    Decoding one token reads every weight once, so its time is the weights' bytes over the
-    memory bandwidth: int8 halves what bf16 reads. Per output channel, as `quantize`.
-    """
-    out = {}
-    for name, layer in llm_params.items():
-        if not name.startswith("layers_"):
-            out[name] = layer
-            continue
-        layer = {k: dict(v) if isinstance(v, dict) else v for k, v in layer.items()}
-        for path, axes in DECODE_INPUT_AXES.items():
-            group, key = path.split("/", 1)
-            sub = layer[group]
-            if "/" in key:  # attn_vec_einsum/w
-                mod, leaf = key.split("/")
-                sub[mod] = {**sub[mod], leaf: quantize_over(sub[mod][leaf], axes)}
-            elif key in sub:
-                sub[key] = quantize_over(sub[key], axes)
-        out[name] = layer
-    emb = llm_params["embedder"]["input_embedding"]
-    out["embedder"] = {**llm_params["embedder"], "input_embedding": quantize_over(emb, (1,))}
-    return out
-
-
 def abstract(key: str, shape: tuple[int, ...]) -> QArray:
     """The ShapeDtypeStructs of ``quantize(key, w)`` for a weight of ``shape``."""
     axes = _input_axes(key, len(shape))
