@@ -50,6 +50,21 @@ class DataSource(Protocol):
         """One epoch of this host's shard, in a fixed order, as a dataset of example dicts."""
 
 
+def resume_position(state: dict | None, *, seed: int, batch_size: int) -> int:
+    """The example an iterator resumes at: 0 without a saved ``state()``, else its position.
+
+    Every training iterator (tf.data's, random batches, preprocessed arrays) saves
+    ``{"seed", "batch_size", "examples"}``; a state saved with another seed or batch size would
+    resume elsewhere in another order, so it is refused.
+    """
+    if state is None:
+        return 0
+    if (state["seed"], state["batch_size"]) != (seed, batch_size):
+        raise ValueError(f"Iterator state {state} was saved with another seed or batch size "
+                         f"(now seed={seed}, batch_size={batch_size}).")
+    return state["examples"]
+
+
 def resolve(spec: dict) -> dict:
     """The spec with ``name="docvqa"`` replaced by the reader for what is at ``spec["path"]``.
 

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import tensorflow as tf
 
+from pg_jax.data import core
 from pg_jax.data.core import DataSource
 from pg_jax.pp import builder
 
@@ -145,14 +146,7 @@ def make_iterator(
     Returns:
       The iterator.
     """
-    start = 0
-    if state is not None:
-        if (state["seed"], state["batch_size"]) != (seed, batch_size):
-            raise ValueError(
-                f"Iterator state {state} was saved with another seed or batch size "
-                f"(now seed={seed}, batch_size={batch_size})."
-            )
-        start = state["examples"]
+    start = core.resume_position(state, seed=seed, batch_size=batch_size)
     ds = make_dataset(source, pp_fn, batch_size=batch_size, seed=seed, start_example=start, **kw)
     return DataIterator(ds.as_numpy_iterator(), batch_size, seed, start)
 

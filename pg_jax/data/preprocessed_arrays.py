@@ -31,6 +31,8 @@ import os
 
 import numpy as np
 
+from pg_jax.data import core
+
 # What the training pp keeps besides the image (configs/common.py's combine_and_keep_train).
 TEXT_KEYS = ("text", "mask_ar", "mask_loss", "mask_input", "truncated")
 
@@ -138,12 +140,7 @@ class ArraySource:
     def make_iterator(self, *, batch_size: int, seed: int = 0,
                       state: dict | None = None) -> ArrayBatches:
         """Like `input_pipeline.make_iterator`: resumable from a previous ``state()``."""
-        start = 0
-        if state is not None:
-            if (state["seed"], state["batch_size"]) != (seed, batch_size):
-                raise ValueError(f"Iterator state {state} was saved with another seed or batch "
-                                 f"size (now seed={seed}, batch_size={batch_size}).")
-            start = state["examples"]
+        start = core.resume_position(state, seed=seed, batch_size=batch_size)
         return ArrayBatches(self, batch_size, seed, start)
 
 

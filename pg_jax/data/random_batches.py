@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from pg_jax.data import core
+
 BOS, EOS, FIRST_PIECE = 2, 1, 3
 
 
@@ -32,12 +34,7 @@ class RandomSource:
     def make_iterator(self, *, batch_size: int, seed: int = 0,
                       state: dict | None = None) -> RandomBatches:
         """Like `input_pipeline.make_iterator`: resumable from a previous ``state()``."""
-        start = 0
-        if state is not None:
-            if (state["seed"], state["batch_size"]) != (seed, batch_size):
-                raise ValueError(f"Iterator state {state} was saved with another seed or batch "
-                                 f"size (now seed={seed}, batch_size={batch_size}).")
-            start = state["examples"]
+        start = core.resume_position(state, seed=seed, batch_size=batch_size)
         return RandomBatches(self, batch_size, seed, start)
 
 
