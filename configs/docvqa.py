@@ -191,7 +191,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     cfg.model_name = c.variant
     cfg.tokenizer = c.tokenizer  # "" = the small project tokenizer
     cfg.dtype = c.dtype  # auto: bfloat16, float16 on GPUs without it (T4, P100), float32 on CPU
-    cfg.frozen_dtype = "auto"  # frozen weights' storage; auto = the compute dtype
+    # Frozen weights' storage; auto = the compute dtype. "int8": 8 bits per weight (memory);
+    # "float8": 8 bits and FP8 products on GPUs that have them (H100/H200/L4: speed and memory).
+    cfg.frozen_dtype = "auto"
     cfg.loss_scale = "auto"  # dynamic loss scaling when dtype is float16
     cfg.remat_policy = "none" if c.demo or c.mode == "runlocal" else "nothing_saveable"
     # auto: cuDNN's fused attention on GPUs that run it (not PaliGemma 2: soft-cap), else einsum.

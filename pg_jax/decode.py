@@ -63,7 +63,7 @@ def decoding_params(model: paligemma.Model, params: dict) -> dict:
     """
     if "layers" not in params["llm"]:
         return params  # converted already
-    if quant.has_quantized(params):  # int8 frozen weights: the loop reads plain arrays
+    if quant.has_quantized(params):  # 8-bit frozen weights: the loop reads plain arrays
         params = _dequantize(params, model.llm.get("dtype", "float32"))
     if model.lora:
         params = lora.merge_jit(params, model.lora)

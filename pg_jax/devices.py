@@ -118,5 +118,11 @@ def resolve_dtypes(config, device) -> tuple[str, str, bool]:
     """
     dtype = compute_dtype(config.dtype, device).value
     frozen = config.frozen_dtype if config.frozen_dtype != "auto" else dtype
+    capability = compute_capability(device)
+    if frozen == "float8" and capability is not None and capability < 8.9:
+        raise ValueError(
+            f"frozen_dtype=float8 multiplies on FP8 matrix units, which this GPU "
+            f"({device.device_kind}, compute capability {capability}) does not have (8.9+: L4, "
+            f"H100, H200); frozen_dtype=int8 stores the frozen weights in 8 bits as well")
     scale = config.loss_scale == "dynamic" or (config.loss_scale == "auto" and dtype == "float16")
     return dtype, frozen, scale

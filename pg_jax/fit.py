@@ -37,7 +37,7 @@ def candidates(remat_policy: str, grad_accum_steps: int, frozen_dtype: str,
         out.append({**remat, "grad_accum_steps": accum})
     if frozen_dtype == "float32":
         out.append({**remat, "frozen": "bfloat16"})
-    if frozen_dtype != "int8":  # frozen attention/MLP matrices in int8 (pg_jax.models.quant)
+    if frozen_dtype not in ("int8", "float8"):  # frozen matrices in 8 bits (pg_jax.models.quant)
         out.append({**remat, "frozen": "int8"})
     return out
 

@@ -46,7 +46,7 @@ def write_final(config, workdir: str, params, model, model_cfg: dict, tokenizer_
     if quant.has_quantized(params):
         # int8 frozen weights are exported dequantized (with their rounding); the exact base
         # is the checkpoint the run started from, which a LoRA run's lora.npz goes with.
-        log("Frozen weights were int8: the exported model has them dequantized.")
+        log("Frozen weights were 8-bit: the exported model has them dequantized.")
         params = quant.dequantize_tree(params, model.llm.get("dtype", "float32"))
     params = lora.merge_jit(params, model.lora) if factors else params
     if jax.process_count() > 1:

@@ -61,9 +61,10 @@ def plan(
       opt: `optim.make(...)` for the model's parameters.
       mesh: the device mesh.
       strategy: ``config.sharding_strategy`` (regex -> rule pairs, see `pg_jax.sharding`).
-      frozen_dtype: storage dtype of the frozen parameters; "int8": the frozen matrices of
-        attention and MLP layers and the token embedding as `quant.QArray` (int8 and
-        per-channel scales), the other frozen parameters in the model's compute dtype.
+      frozen_dtype: storage dtype of the frozen parameters; "int8" or "float8": the frozen
+        matrices of attention and MLP layers and the token embedding as `quant.QArray` (8-bit
+        values and per-channel scales; float8 also multiplies in FP8), the other frozen
+        parameters in the model's compute dtype.
       loss_scale: whether the state holds fp16 dynamic loss-scale state.
     """
     trainable = set(opt.trainable)
@@ -90,9 +91,9 @@ def stored_shape(key: str, shape, trainable: bool, frozen_dtype: str, model):
     """How a parameter is stored in the train state (a ShapeDtypeStruct, or a QArray of them)."""
     if trainable:
         return jax.ShapeDtypeStruct(shape, jnp.float32)
-    if frozen_dtype == "int8":
+    if frozen_dtype in quant.FORMATS:
         if key in quant.QUANTIZABLE:
-            return quant.abstract(key, shape)
+            return quant.abstract(key, shape, frozen_dtype)
         return jax.ShapeDtypeStruct(shape, jnp.dtype(model.llm.get("dtype", "float32")))
     return jax.ShapeDtypeStruct(shape, jnp.dtype(frozen_dtype))
 
@@ -100,7 +101,7 @@ def stored_shape(key: str, shape, trainable: bool, frozen_dtype: str, model):
 def to_stored(key: str, value, stored):
     """A loaded or initialised parameter in its stored form (see `stored_shape`)."""
     if quant.is_quantized(stored):
-        return quant.quantize(key, value)
+        return quant.quantize(key, value, quant.format_of(stored))
     return value if value.dtype == stored.dtype else value.astype(stored.dtype)
 
 
@@ -195,6 +196,7 @@ def _random_leaf(key: str, stored, std: float, rng):
     no float32 copy of all its layers exists."""
     stacked = key in lora.LAYOUTS and stored.ndim > len(lora.LAYOUTS[key].weight)
     if quant.is_quantized(stored) and stacked:
-        one = lambda r: quant.quantize(key, std * jax.random.normal(r, stored.shape[1:]))  # noqa: E731
+        fmt = quant.format_of(stored)
+        one = lambda r: quant.quantize(key, std * jax.random.normal(r, stored.shape[1:]), fmt)  # noqa: E731
         return jax.lax.map(one, jax.random.split(rng, stored.shape[0]))
     return to_stored(key, std * jax.random.normal(rng, stored.shape), stored)

@@ -37,6 +37,16 @@ def test_trainer_uses_float16_with_loss_scaling_on_a_t4():
     assert devices.resolve_dtypes(config, T4) == ("float16", "float16", True)
 
 
+def test_float8_frozen_weights_need_fp8_matrix_units():
+    config = ml_collections.ConfigDict(dict(dtype="auto", frozen_dtype="float8", loss_scale="auto"))
+    with pytest.raises(ValueError, match=r"frozen_dtype=float8 .*Tesla T4, compute capability 7.5"):
+        devices.resolve_dtypes(config, T4)
+    with pytest.raises(ValueError, match="A100"):  # 8.0: bf16 matrix units, no FP8 ones
+        devices.resolve_dtypes(config, A100)
+    assert devices.resolve_dtypes(config, _gpu("NVIDIA H200", "9.0"))[1] == "float8"
+    assert devices.resolve_dtypes(config, CPU)[1] == "float8"  # XLA computes it, slowly
+
+
 def test_auto_attention(monkeypatch):
     monkeypatch.setattr(devices, "cudnn_attention_available", lambda kind: True)
     assert devices.attention_implementation("auto", A100, dtype=jnp.bfloat16) == "cudnn"

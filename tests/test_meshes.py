@@ -22,7 +22,9 @@ def one_device(ckpt, synth, tmp_path_factory):
     return inputs, mesh_check.run(*inputs, str(tmp_path_factory.mktemp("one")), "replicate")
 
 
-@pytest.mark.parametrize("devices", [2, 8])
+# 2 devices: Kaggle's 2x T4, on the GPU image's stack too; 8 (TPU v5e-8, whose image is not that
+# stack): on the newest releases only (.ci/run).
+@pytest.mark.parametrize("devices", [2, pytest.param(8, marks=pytest.mark.newest_only)])
 def test_notebook_meshes_match_one_device(devices, one_device, tmp_path):
     inputs, ref = one_device
     assert ref["devices"] == 1 and ref["split_leaves"] == 0 and len(ref["losses"]) == 2

@@ -11,7 +11,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHECK = (
     "import sys, importlib.util\n"
     "for script in ('bench_decode', 'bench_forward', 'bench_train_step', 'bench_train',\n"
-    "               'bench_train_levers', 'profile_decode', 'make_demo_checkpoint'):\n"
+    "               'bench_train_levers', 'profile_decode', 'make_demo_checkpoint',\n"
+    "               'bench_fp8_matmul'):\n"
     "    spec = importlib.util.spec_from_file_location(script, f'scripts/{script}.py')\n"
     "    spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
     "import pg_jax.predict, pg_jax.predict_fns, pg_jax.report, pg_jax.evaluators.anls\n"

@@ -74,7 +74,7 @@ class Einsum(nn.Module):
     @nn.compact
     def __call__(self, eqn: str, x: jax.Array) -> jax.Array:
         w = self.param("w", self.w_init, self.shape)
-        y = jnp.einsum(eqn, x, w.astype(x.dtype))
+        y = quant.einsum(eqn, x, w)
         d = lora.delta(self, "w", x, self.shape, self.lora)
         return y if d is None else y + d
 
@@ -260,19 +260,18 @@ class FeedForward(nn.Module):
         width = x.shape[-1]
         gating_shape, linear_shape = (2, width, self.mlp_dim), (self.mlp_dim, width)
         gating = self.param("gating_einsum", _init((1,), (0, 2)), gating_shape)
-        gating = gating.astype(x.dtype)
         linear = self.param("linear", _init((0,), (1,)), linear_shape)
         if self.split_gating:
-            gate, up = x @ gating[0], x @ gating[1]
+            gate, up = (quant.einsum("...D,DF->...F", x, gating[i]) for i in (0, 1))
         else:
             both = jnp.broadcast_to(x, (2, *x.shape))
-            gate, up = jnp.einsum("K...D,KDF->K...F", both, gating)
+            gate, up = jnp.einsum("K...D,KDF->K...F", both, gating.astype(x.dtype))
         d = lora.delta(self, "gating_einsum", x, gating_shape, self.lora)
         if d is not None:
             gate, up = gate + d[0], up + d[1]
         hidden = gelu_gated(gate, up)
         hidden = checkpoint_name(hidden, "mlp_hidden")
-        out = hidden @ linear.astype(x.dtype)
+        out = quant.einsum("...F,FD->...D", hidden, linear)
         d = lora.delta(self, "linear", hidden, linear_shape, self.lora)
         return out if d is None else out + d
 

@@ -1,12 +1,24 @@
-"""Frozen weights stored as int8 with per-output-channel scales (``frozen_dtype="int8"``).
+"""Frozen weights stored in 8 bits with per-output-channel scales (``frozen_dtype="int8"`` or
+``"float8"``).
 
 A quantized weight is a `QArray` leaf in the params tree under the weight's own name:
-``q`` int8 of the weight's shape and ``scale`` float32 with the weight's input axes reduced to 1
-(one scale per output channel, per layer). Layers read it with ``w.astype(compute_dtype)``, as
-every weight, which here dequantizes (``q * scale``) inside the jitted step, one layer at a time
-under the layer scan: the stored weights take a quarter of float32's memory and half of bf16's,
-and no dequantized copy of the whole model ever exists. Only frozen weights are quantized: the
-matrices LoRA can adapt (`lora.LAYOUTS`: the LLM's and the image encoder's attention and MLP
+``q`` (int8, or float8 e4m3) of the weight's shape and ``scale`` float32 with the weight's input
+axes reduced to 1 (one scale per output channel, per layer). The stored weights take a quarter of
+float32's memory and half of bf16's, and no dequantized copy of the whole model ever exists.
+
+Layers multiply activations by weights through `einsum`:
+
+- int8 dequantizes (``q * scale`` in the compute dtype) inside the jitted step, one layer at a
+  time under the layer scan, and multiplies in the compute dtype: it saves memory, not time.
+- float8 multiplies in FP8 on the matrix units (`fp8_einsum`): the activation is scaled row by
+  row (per token) by its own max |x| into e4m3 on every call ("current scaling", no state to
+  carry), the product accumulates in float32 inside the GEMM, and both scales are applied to
+  its output. Backward, the gradient goes to e5m2 (wider range, as gradients need) for
+  ``dx = dy @ q.T``. GPUs with FP8 matrix units (compute capability 8.9+: L4, H100, H200) run
+  these products faster than bf16 (BENCHMARKS.md); on the CPU XLA computes the same numbers
+  more slowly, and `pg_jax.devices.resolve_dtypes` refuses older GPUs.
+
+Only frozen weights are quantized: the matrices LoRA can adapt (`lora.LAYOUTS`: the LLM's and the image encoder's attention and MLP
 weights) and the token embedding (one scale per token: the row a lookup reads, and the output
 channel of the tied logits, so the logits are ``(x @ q.T) * scale.T`` with no dequantized table;
 it is 0.9 of PaliGemma 2 10B's 10 GB of int8). Norms, biases, position embeddings and trainable
@@ -18,6 +30,9 @@ exported model is a plain PaliGemma (with the quantization's rounding in its fro
 
 from __future__ import annotations
 
+import functools
+import string
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -26,11 +41,15 @@ from pg_jax.models import lora
 
 EMBEDDING = "llm/embedder/input_embedding"
 QUANTIZABLE = (*lora.LAYOUTS, EMBEDDING)
+# frozen_dtype -> (storage dtype, largest stored magnitude)
+FORMATS = {"int8": (jnp.int8, 127.0), "float8": (jnp.float8_e4m3fn, 448.0)}
+_E4M3, _E5M2 = jnp.float8_e4m3fn, jnp.float8_e5m2
+_E5M2_MAX = 57344.0
 
 
 @jax.tree_util.register_pytree_node_class
 class QArray:
-    """int8 values ``q`` and float32 per-output-channel ``scale``; ``astype`` dequantizes."""
+    """8-bit values ``q`` and float32 per-output-channel ``scale``; ``astype`` dequantizes."""
 
     def __init__(self, q, scale):
         self.q, self.scale = q, scale
@@ -53,7 +72,7 @@ class QArray:
 
     @property
     def dtype(self):
-        return jnp.dtype(jnp.int8)
+        return jnp.dtype(self.q.dtype)
 
     @property
     def nbytes(self):
@@ -67,11 +86,16 @@ class QArray:
         return QArray(self.q[index], self.scale[index])
 
     def __repr__(self):
-        return f"QArray(int8{list(self.q.shape)}, scale{list(self.scale.shape)})"
+        return f"QArray({self.dtype.name}{list(self.q.shape)}, scale{list(self.scale.shape)})"
 
 
 def is_quantized(x) -> bool:
     return isinstance(x, QArray)
+
+
+def format_of(x: QArray) -> str:
+    """The `FORMATS` name of a QArray's values ("int8" or "float8")."""
+    return next(k for k, (dtype, _) in FORMATS.items() if jnp.dtype(dtype) == x.dtype)
 
 
 def _input_axes(key: str, ndim: int) -> tuple[int, ...]:
@@ -82,21 +106,115 @@ def _input_axes(key: str, ndim: int) -> tuple[int, ...]:
     return tuple(lead + layout.weight.index(c) for c in layout.inputs)
 
 
-def quantize(key: str, w: jax.Array) -> QArray:
-    """Symmetric int8 per output channel: ``scale = max |w| / 127`` over the input axes."""
+def quantize(key: str, w: jax.Array, fmt: str = "int8") -> QArray:
+    """Symmetric per output channel: ``scale = max |w| / top`` over the input axes, where top is
+    the format's largest value (127 for int8, 448 for float8 e4m3)."""
+    dtype, top = FORMATS[fmt]
     w = jnp.asarray(w, jnp.float32)
     amax = jnp.max(jnp.abs(w), axis=_input_axes(key, w.ndim), keepdims=True)
-    scale = jnp.where(amax > 0, amax / 127.0, 1.0)
-    q = jnp.clip(jnp.round(w / scale), -127, 127).astype(jnp.int8)
-    return QArray(q, scale)
+    scale = jnp.where(amax > 0, amax / top, 1.0)
+    q = jnp.clip(w / scale, -top, top)
+    if fmt == "int8":
+        q = jnp.round(q)
+    return QArray(q.astype(dtype), scale)
 
 
-def abstract(key: str, shape: tuple[int, ...]) -> QArray:
-    """The ShapeDtypeStructs of ``quantize(key, w)`` for a weight of ``shape``."""
+def abstract(key: str, shape: tuple[int, ...], fmt: str = "int8") -> QArray:
+    """The ShapeDtypeStructs of ``quantize(key, w, fmt)`` for a weight of ``shape``."""
     axes = _input_axes(key, len(shape))
     scale_shape = tuple(1 if i in axes else d for i, d in enumerate(shape))
-    return QArray(jax.ShapeDtypeStruct(shape, jnp.int8),
+    return QArray(jax.ShapeDtypeStruct(shape, FORMATS[fmt][0]),
                   jax.ShapeDtypeStruct(scale_shape, jnp.float32))
+
+
+def einsum(eqn: str, x: jax.Array, w) -> jax.Array:
+    """``jnp.einsum(eqn, x, w)`` in x's dtype, for a plain, int8 or float8 weight ``w``."""
+    if is_quantized(w) and w.q.dtype == _E4M3:
+        return fp8_einsum(_explicit(eqn, x.ndim), x, w.q, w.scale)
+    return jnp.einsum(eqn, x, w.astype(x.dtype))
+
+
+def _explicit(eqn: str, x_ndim: int) -> str:
+    """``eqn`` with x's ``...`` spelled out as letters that the equation does not use."""
+    if "..." not in eqn:
+        return eqn
+    x_labels = eqn.split(",")[0]
+    free = [c for c in string.ascii_letters if c not in eqn]
+    batch = "".join(free[: x_ndim - (len(x_labels) - 3)])
+    return eqn.replace("...", batch)
+
+
+def _to_fp8(x: jax.Array, labels: str, contracted: str, dtype, top: float):
+    """``x`` scaled into an 8-bit float format: (values, float32 scale).
+
+    One scale per row: the max |x| over the axes the product contracts (``contracted``), so
+    each token's activation (or gradient) uses the format's whole range. (One scale for the
+    whole tensor ran at the same speed on an H200 and drifted more on the tiny models.)
+    """
+    x = x.astype(jnp.float32)
+    axes = tuple(i for i, c in enumerate(labels) if c in contracted)
+    amax = jnp.max(jnp.abs(x), axis=axes, keepdims=True)
+    scale = jnp.where(amax > 0, amax / top, 1.0)
+    return jnp.clip(x / scale, -top, top).astype(dtype), scale
+
+
+def _align(a: jax.Array, labels: str, target: str) -> jax.Array:
+    """``a`` (axes named by ``labels``) laid out to broadcast against an array of axes
+    ``target``; its axes whose labels are not in target must have size 1."""
+    if a.ndim == 0:
+        return a
+    for label, d in zip(labels, a.shape):
+        if label not in target and d != 1:
+            raise ValueError(f"scale over {labels!r} varies along {label!r}, absent from {target!r}")
+    kept = [label for label in labels if label in target]
+    order = sorted(kept, key=target.index)
+    a = a.reshape([d for label, d in zip(labels, a.shape) if label in target])
+    a = jnp.transpose(a, [kept.index(label) for label in order])
+    return a.reshape([a.shape[order.index(c)] if c in order else 1 for c in target])
+
+
+def _parse(eqn: str) -> tuple[str, str, str]:
+    inputs, out = eqn.split("->")
+    x_labels, w_labels = inputs.split(",")
+    return x_labels, w_labels, out
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def fp8_einsum(eqn: str, x: jax.Array, q: jax.Array, scale: jax.Array) -> jax.Array:
+    """``einsum(eqn, x, q * scale)`` with both operands in FP8 and float32 accumulation.
+
+    Args:
+      eqn: an einsum equation with no ``...`` (see `_explicit`) of activation by weight.
+      x: the activation, in the compute dtype; scaled into e4m3 on every call (`_to_fp8`).
+      q: the frozen weight in e4m3; no gradient flows to it.
+      scale: its float32 per-output-channel scale (`quantize`).
+    """
+    return _fp8_forward(eqn, x, q, scale)[0]
+
+
+def _fp8_forward(eqn, x, q, scale):
+    x_labels, w_labels, out = _parse(eqn)
+    contracted = "".join(c for c in x_labels if c not in out)
+    xq, sx = _to_fp8(x, x_labels, contracted, _E4M3, FORMATS["float8"][1])
+    y = jnp.einsum(eqn, xq, q, preferred_element_type=x.dtype)
+    y = y.astype(jnp.float32) * _align(sx, x_labels, out) * _align(scale, w_labels, out)
+    return y.astype(x.dtype), (q, scale)
+
+
+def _fp8_backward(eqn, residuals, g):
+    q, scale = residuals
+    x_labels, w_labels, out = _parse(eqn)
+    dtype = g.dtype
+    # d/dx of (sx * s) * ((x / sx) @ q) is (g * s) @ q.T: the activation's scale cancels.
+    g = g.astype(jnp.float32) * _align(scale, w_labels, out)
+    contracted = "".join(c for c in out if c not in x_labels)
+    gq, sg = _to_fp8(g, out, contracted, _E5M2, _E5M2_MAX)
+    dx = jnp.einsum(f"{out},{w_labels}->{x_labels}", gq, q, preferred_element_type=dtype)
+    dx = dx.astype(jnp.float32) * _align(sg, out, x_labels)
+    return dx.astype(dtype), jnp.zeros_like(q), jnp.zeros_like(scale)
+
+
+fp8_einsum.defvjp(_fp8_forward, _fp8_backward)
 
 
 def dequantize_tree(params, dtype):

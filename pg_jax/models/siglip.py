@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
-from pg_jax.models import attention, lora
+from pg_jax.models import attention, lora, quant
 
 
 class Dense(nn.Module):
@@ -44,10 +44,9 @@ class Dense(nn.Module):
 
         kernel = self.param("kernel", kernel_init, shape)
         bias = self.param("bias", nn.initializers.zeros_init(), self.features)
-        y = jax.lax.dot_general(
-            x.astype(self.dtype), kernel.astype(self.dtype),
-            ((tuple(range(x.ndim - n, x.ndim)), tuple(range(n))), ((), ())),
-        ) + bias.astype(self.dtype)
+        inputs, features = "ijk"[:n], "nopq"[:len(self.features)]
+        y = quant.einsum(f"...{inputs},{inputs}{features}->...{features}", x.astype(self.dtype),
+                         kernel) + bias.astype(self.dtype)
         d = lora.delta(self, "kernel", x.astype(self.dtype), shape, self.lora)
         return y if d is None else y + d
 

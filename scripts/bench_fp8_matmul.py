@@ -1,0 +1,101 @@
+"""Frozen-weight products in bf16 against FP8 (`pg_jax.models.quant.fp8_einsum`), alone.
+
+The train step's frozen matrices (the LLM's MLP in attention-only training, the image encoder)
+are products of an activation by a weight that gets no gradient: forward ``x @ w``, and backward
+only ``dx = dy @ w.T``. This times both, at PaliGemma 1 3B's shapes, three ways:
+
+- ``bf16``: the weight in bf16, as ``frozen_dtype=bfloat16``;
+- ``fp8``: `quant.einsum` on a float8 weight, activation and gradient scaling included, as
+  ``frozen_dtype=float8`` runs it;
+- ``fp8_gemm``: only the FP8 product of operands already in e4m3, the ceiling the scaling
+  overhead is measured against.
+
+It prints the time of each (host clock around 30 calls: a lead, not a kernel time; the train
+step's ``--profile`` has the kernel times), its TFLOP/s, and whether XLA compiled the product to
+a cuBLAS call on FP8 operands. In a profile, cuBLAS's FP8 kernels are the ``nvjet_sm90_qq...``
+(both operands e4m3) and ``..._qr...`` (e5m2 gradient) ones: names seen only in FP8 steps.
+
+  PYTHONPATH=. python3 scripts/bench_fp8_matmul.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+
+from pg_jax.models import quant
+
+# (name, rows, inputs, outputs): rows = batch x tokens of the step
+SHAPES = {
+    "llm_gate_224x32": (32 * 288, 2048, 16384),
+    "llm_down_224x32": (32 * 288, 16384, 2048),
+    "llm_gate_448x8": (8 * 1056, 2048, 16384),
+    "vit_mlp_224x32": (32 * 256, 1152, 4304),
+}
+
+
+def _time(fn, *args, iters: int) -> float:
+    jax.block_until_ready(fn(*args))
+    jax.block_until_ready(fn(*args))
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        out = fn(*args)
+    jax.block_until_ready(out)
+    return (time.perf_counter() - t0) / iters
+
+
+def _uses_fp8_gemm(fn, *args) -> bool:
+    """Whether the optimized HLO has a cuBLAS call on e4m3 operands (an FP8 GEMM)."""
+    lines = fn.lower(*args).compile().as_text().splitlines()
+    return any("cublas" in line and "f8e4m3" in line for line in lines if "custom-call" in line)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--iters", type=int, default=30)
+    p.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    args = p.parse_args()
+    print(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}")
+    rows = []
+    for name in args.shapes:
+        m, k, n = SHAPES[name]
+        kx, kw, kg = jax.random.split(jax.random.key(0), 3)
+        x = jax.random.normal(kx, (m, k), jnp.bfloat16)
+        w = jax.random.normal(kw, (k, n), jnp.float32) * k**-0.5
+        g = jax.random.normal(kg, (m, n), jnp.bfloat16)
+        wb = w.astype(jnp.bfloat16)
+        wq = quant.quantize("llm/layers/mlp/linear", w[None], "float8")
+        wq = quant.QArray(wq.q[0], wq.scale[0])
+        eqn = "MK,KN->MN"
+
+        def fwd_bwd(x, g, w):  # forward and dx, as the step runs a frozen product
+            y, vjp = jax.vjp(lambda x: quant.einsum(eqn, x, w), x)
+            return y, vjp(g)[0]
+
+        sides = {
+            "bf16": (jax.jit(lambda x: quant.einsum(eqn, x, wb)), jax.jit(lambda x, g: fwd_bwd(x, g, wb))),
+            "fp8": (jax.jit(lambda x: quant.einsum(eqn, x, wq)), jax.jit(lambda x, g: fwd_bwd(x, g, wq))),
+        }
+        xq = x.astype(jnp.float8_e4m3fn)
+        gemm = jax.jit(lambda a, b: jnp.einsum(eqn, a, b, preferred_element_type=jnp.bfloat16))
+        flop = 2 * m * k * n
+        for side, (f, fb) in sides.items():
+            tf, tb = _time(f, x, iters=args.iters), _time(fb, x, g, iters=args.iters)
+            fp8 = _uses_fp8_gemm(f, x) if side == "fp8" else False
+            rows.append((name, side, tf * 1e3, flop / tf / 1e12, tb * 1e3, 2 * flop / tb / 1e12, fp8))
+        tg = _time(gemm, xq, wq.q, iters=args.iters)
+        rows.append((name, "fp8_gemm", tg * 1e3, flop / tg / 1e12, float("nan"), float("nan"),
+                     _uses_fp8_gemm(gemm, xq, wq.q)))
+        y_ref = jnp.einsum(eqn, x.astype(jnp.float32), w)
+        y8 = sides["fp8"][0](x).astype(jnp.float32)
+        print(f"{name}: fp8 relative error {float(jnp.linalg.norm(y8 - y_ref) / jnp.linalg.norm(y_ref)):.4f}")
+    print(f"{'shape':18} {'side':9} {'fwd ms':>8} {'TFLOP/s':>8} {'fwd+dx ms':>10} {'TFLOP/s':>8} fp8 GEMM")
+    for r in rows:
+        print(f"{r[0]:18} {r[1]:9} {r[2]:8.3f} {r[3]:8.0f} {r[4]:10.3f} {r[5]:8.0f} {r[6]}")
+
+
+if __name__ == "__main__":
+    main()
