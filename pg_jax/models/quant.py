@@ -18,10 +18,12 @@ Layers multiply activations by weights through `einsum`:
   these products faster than bf16 (BENCHMARKS.md); on the CPU XLA computes the same numbers
   more slowly, and `pg_jax.devices.resolve_dtypes` refuses older GPUs.
 
-Only frozen weights are quantized: the matrices LoRA can adapt (`lora.LAYOUTS`: the LLM's and the image encoder's attention and MLP
-weights) and the token embedding (one scale per token: the row a lookup reads, and the output
-channel of the tied logits, so the logits are ``(x @ q.T) * scale.T`` with no dequantized table;
-it is 0.9 of PaliGemma 2 10B's 10 GB of int8). Norms, biases, position embeddings and trainable
+Only frozen weights are quantized: the matrices LoRA can adapt (`lora.LAYOUTS`: the LLM's and
+the image encoder's attention and MLP weights) and the token embedding (one scale per token: the
+row a lookup reads, and the output channel of the tied logits, so the logits are
+``(x @ q.T) * scale.T`` with no dequantized table; it is 0.9 of PaliGemma 2 10B's 10 GB of
+int8). The embedding's products run in the compute dtype in both formats: the train step scores
+only the answer positions, so they are small. Norms, biases, position embeddings and trainable
 weights keep their dtype.
 
 Decoding and export dequantize (`dequantize_tree`): the decode loop reads plain arrays, and an
