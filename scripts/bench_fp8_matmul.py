@@ -28,7 +28,7 @@ import jax.numpy as jnp
 
 from pg_jax.models import quant
 
-# (name, rows, inputs, outputs): rows = batch x tokens of the step
+# name -> (rows, inputs, outputs): rows = batch x tokens of the step
 SHAPES = {
     "llm_gate_224x32": (32 * 288, 2048, 16384),
     "llm_down_224x32": (32 * 288, 16384, 2048),
@@ -53,46 +53,57 @@ def _uses_fp8_gemm(fn, *args) -> bool:
     return any("cublas" in line and "f8e4m3" in line for line in lines if "custom-call" in line)
 
 
+EQN = "MK,KN->MN"
+
+
+def _forward(w):
+    return jax.jit(lambda x: quant.einsum(EQN, x, w))
+
+
+def _forward_and_dx(w):
+    """Forward and dx, as the train step runs a frozen product."""
+    def run(x, g):
+        y, vjp = jax.vjp(lambda x: quant.einsum(EQN, x, w), x)
+        return y, vjp(g)[0]
+    return jax.jit(run)
+
+
+def measure(name: str, iters: int) -> list[tuple]:
+    """Rows (shape, side, fwd ms, TFLOP/s, fwd+dx ms, TFLOP/s, FP8 GEMM?) for one shape."""
+    m, k, n = SHAPES[name]
+    kx, kw, kg = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(kx, (m, k), jnp.bfloat16)
+    w = jax.random.normal(kw, (k, n), jnp.float32) * k**-0.5
+    g = jax.random.normal(kg, (m, n), jnp.bfloat16)
+    wq = quant.quantize("llm/layers/mlp/linear", w[None], "float8")
+    wq = quant.QArray(wq.q[0], wq.scale[0])
+    flop, rows = 2 * m * k * n, []
+    for side, weight in (("bf16", w.astype(jnp.bfloat16)), ("fp8", wq)):
+        f, fb = _forward(weight), _forward_and_dx(weight)
+        tf, tb = _time(f, x, iters=iters), _time(fb, x, g, iters=iters)
+        rows.append((name, side, tf * 1e3, flop / tf / 1e12, tb * 1e3, 2 * flop / tb / 1e12,
+                     side == "fp8" and _uses_fp8_gemm(f, x)))
+    xq = x.astype(jnp.float8_e4m3fn)
+    gemm = jax.jit(lambda a, b: jnp.einsum(EQN, a, b, preferred_element_type=jnp.bfloat16))
+    tg = _time(gemm, xq, wq.q, iters=iters)
+    rows.append((name, "fp8_gemm", tg * 1e3, flop / tg / 1e12, float("nan"), float("nan"),
+                 _uses_fp8_gemm(gemm, xq, wq.q)))
+    exact = jnp.einsum(EQN, x.astype(jnp.float32), w)
+    err = jnp.linalg.norm(_forward(wq)(x).astype(jnp.float32) - exact) / jnp.linalg.norm(exact)
+    print(f"{name}: fp8 relative error {float(err):.4f}")
+    return rows
+
+
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--iters", type=int, default=30)
     p.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     args = p.parse_args()
     print(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}")
-    rows = []
-    for name in args.shapes:
-        m, k, n = SHAPES[name]
-        kx, kw, kg = jax.random.split(jax.random.key(0), 3)
-        x = jax.random.normal(kx, (m, k), jnp.bfloat16)
-        w = jax.random.normal(kw, (k, n), jnp.float32) * k**-0.5
-        g = jax.random.normal(kg, (m, n), jnp.bfloat16)
-        wb = w.astype(jnp.bfloat16)
-        wq = quant.quantize("llm/layers/mlp/linear", w[None], "float8")
-        wq = quant.QArray(wq.q[0], wq.scale[0])
-        eqn = "MK,KN->MN"
-
-        def fwd_bwd(x, g, w):  # forward and dx, as the step runs a frozen product
-            y, vjp = jax.vjp(lambda x: quant.einsum(eqn, x, w), x)
-            return y, vjp(g)[0]
-
-        sides = {
-            "bf16": (jax.jit(lambda x: quant.einsum(eqn, x, wb)), jax.jit(lambda x, g: fwd_bwd(x, g, wb))),
-            "fp8": (jax.jit(lambda x: quant.einsum(eqn, x, wq)), jax.jit(lambda x, g: fwd_bwd(x, g, wq))),
-        }
-        xq = x.astype(jnp.float8_e4m3fn)
-        gemm = jax.jit(lambda a, b: jnp.einsum(eqn, a, b, preferred_element_type=jnp.bfloat16))
-        flop = 2 * m * k * n
-        for side, (f, fb) in sides.items():
-            tf, tb = _time(f, x, iters=args.iters), _time(fb, x, g, iters=args.iters)
-            fp8 = _uses_fp8_gemm(f, x) if side == "fp8" else False
-            rows.append((name, side, tf * 1e3, flop / tf / 1e12, tb * 1e3, 2 * flop / tb / 1e12, fp8))
-        tg = _time(gemm, xq, wq.q, iters=args.iters)
-        rows.append((name, "fp8_gemm", tg * 1e3, flop / tg / 1e12, float("nan"), float("nan"),
-                     _uses_fp8_gemm(gemm, xq, wq.q)))
-        y_ref = jnp.einsum(eqn, x.astype(jnp.float32), w)
-        y8 = sides["fp8"][0](x).astype(jnp.float32)
-        print(f"{name}: fp8 relative error {float(jnp.linalg.norm(y8 - y_ref) / jnp.linalg.norm(y_ref)):.4f}")
-    print(f"{'shape':18} {'side':9} {'fwd ms':>8} {'TFLOP/s':>8} {'fwd+dx ms':>10} {'TFLOP/s':>8} fp8 GEMM")
+    rows = [r for name in args.shapes for r in measure(name, args.iters)]
+    print(f"{'shape':18} {'side':9} {'fwd ms':>8} {'TFLOP/s':>8} {'fwd+dx ms':>10} {'TFLOP/s':>8} "
+          "FP8 GEMM")
     for r in rows:
         print(f"{r[0]:18} {r[1]:9} {r[2]:8.3f} {r[3]:8.0f} {r[4]:10.3f} {r[5]:8.0f} {r[6]}")
 
