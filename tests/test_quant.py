@@ -111,7 +111,9 @@ def test_fp8_product_is_the_product_of_its_scaled_fp8_operands(eqn, x_shape, key
     assert np.linalg.norm(dx - exact_dx) / np.linalg.norm(exact_dx) < 0.1  # e5m2: 2 mantissa bits
 
 
-@pytest.mark.parametrize("fmt", ["int8", "float8"])
+# float8 on the newest stack only (.ci/run): the Kaggle GPU image's T4/P100 have no FP8 units,
+# and the trainer refuses float8 there; the FP8 products' test above runs on both stacks.
+@pytest.mark.parametrize("fmt", ["int8", pytest.param("float8", marks=pytest.mark.newest_only)])
 def test_8bit_frozen_weights_train_and_decode(fmt, tmp_path):
     base, params = tiny_model.make("tiny_pg1")
     ckpt = str(tmp_path / "base.npz")
