@@ -1,6 +1,6 @@
 """Run in a subprocess with 8 fake CPU devices: the FSDP-sharded and the data-parallel
-(replicated) steps equal one device, for attention-only and for LoRA training (with dropout,
-and with int8 frozen weights)."""
+(replicated) steps equal one device, for attention-only training and for LoRA training with
+dropout on int8 frozen weights."""
 
 import os
 import sys
@@ -70,19 +70,14 @@ def main():
     np.testing.assert_allclose(lr, l1, rtol=1e-5)
     for k in p1:
         np.testing.assert_allclose(pr[k], p1[k], rtol=1e-5, atol=1e-6, err_msg=k)
-    # LoRA: the factors train the same sharded (FSDP shards the stacked factors too).
-    l8, p8, n8 = run(jax.devices(), strategy, "lora")
-    l1, p1, _ = run(jax.devices()[:1], strategy, "lora")
-    assert n8 > 10, f"only {n8} sharded leaves with LoRA"
-    np.testing.assert_allclose(l8, l1, rtol=1e-5)
-    assert l1[2] < l1[0], l1  # the factors learn
-    for k in p1:
-        np.testing.assert_allclose(p8[k], p1[k], rtol=1e-5, atol=1e-6, err_msg=k)
-    # int8 frozen weights (values and per-channel scales) shard and train the same.
+    # LoRA (with dropout) on int8 frozen weights: the factors train the same sharded (FSDP
+    # shards the stacked factors too), and the int8 values and per-channel scales shard.
+    # (bf16 frozen weights shard in the attention-only runs above.)
     l8, p8, n8 = run(jax.devices(), strategy, "lora", frozen_int8=True)
     l1, p1, _ = run(jax.devices()[:1], strategy, "lora", frozen_int8=True)
     assert quant.is_quantized(p1[quant.EMBEDDING]) and n8 > 10, n8
     np.testing.assert_allclose(l8, l1, rtol=1e-5)
+    assert l1[2] < l1[0], l1  # the factors learn
     for k in p1:
         if not quant.is_quantized(p1[k]):
             np.testing.assert_allclose(p8[k], p1[k], rtol=1e-5, atol=1e-6, err_msg=k)
