@@ -109,6 +109,10 @@ def cudnn_attention_available(device_kind: str) -> bool:
     return True
 
 
+# How frozen weights can be stored: as a float dtype, or in 8 bits (pg_jax.models.quant).
+FROZEN_DTYPES = ("float32", "bfloat16", "float16", "int8", "float8")
+
+
 def resolve_dtypes(config, device) -> tuple[str, str, bool]:
     """(compute dtype, frozen storage dtype, dynamic loss scaling) from the config's "auto"s.
 
@@ -118,6 +122,9 @@ def resolve_dtypes(config, device) -> tuple[str, str, bool]:
     """
     dtype = compute_dtype(config.dtype, device).value
     frozen = config.frozen_dtype if config.frozen_dtype != "auto" else dtype
+    if frozen not in FROZEN_DTYPES:
+        raise ValueError(f"frozen_dtype must be auto or one of {', '.join(FROZEN_DTYPES)}, "
+                         f"got {config.frozen_dtype!r}")
     capability = compute_capability(device)
     if frozen == "float8" and capability is not None and capability < 8.9:
         raise ValueError(

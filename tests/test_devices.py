@@ -45,6 +45,9 @@ def test_float8_frozen_weights_need_fp8_matrix_units():
         devices.resolve_dtypes(config, A100)
     assert devices.resolve_dtypes(config, _gpu("NVIDIA H200", "9.0"))[1] == "float8"
     assert devices.resolve_dtypes(config, CPU)[1] == "float8"  # XLA computes it, slowly
+    config.frozen_dtype = "float9"
+    with pytest.raises(ValueError, match="frozen_dtype must be auto or one of .*got 'float9'"):
+        devices.resolve_dtypes(config, CPU)
 
 
 def test_auto_attention(monkeypatch):
