@@ -59,13 +59,16 @@ def decoding_params(model: paligemma.Model, params: dict) -> dict:
     (3.3 ms per call for PaliGemma 1 3B on an H100). Code that decodes many batches with the
     same weights (evaluators, the predict CLI) converts once with this. The result takes as
     much memory as the LLM weights again; drop it after decoding. LoRA factors are merged
-    into their weights here, so a LoRA model decodes exactly like a plain one.
+    into their weights here, so a LoRA model decodes exactly like a plain one (8-bit frozen
+    weights are dequantized for that). Without LoRA, 8-bit frozen weights stay 8-bit: the copy
+    is half of bf16's, and the loop's one-token steps read half the bytes (`quant.FEW_ROWS`).
     """
     if "layers" not in params["llm"]:
         return params  # converted already
-    if quant.has_quantized(params):  # 8-bit frozen weights: the loop reads plain arrays
-        params = _dequantize(params, model.llm.get("dtype", "float32"))
     if model.lora:
+        # LoRA's factors merge into plain weights: 8-bit frozen ones are dequantized first.
+        if quant.has_quantized(params):
+            params = _dequantize(params, model.llm.get("dtype", "float32"))
         params = lora.merge_jit(params, model.lora)
     # Only the LLM is converted: the ViT's arrays are shared, not copied.
     return {**params, "llm": _unstack_llm(params["llm"], model.llm["depth"], fused_qkv=True)}

@@ -48,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pg_jax.decode import decode, decoding_params
-from pg_jax.models import exporter, paligemma, variants
+from pg_jax.models import exporter, paligemma, quant, variants
 from pg_jax.models.loader import param_shapes
 
 NEWLINE, BOS = 108, 2
@@ -68,6 +68,15 @@ def random_params(model: paligemma.Model, dtype, seed: int = 0) -> dict:
             flat[name] = jnp.zeros(s.shape, dtype)
         else:
             flat[name] = jax.random.normal(jax.random.fold_in(key, i), s.shape, dtype) * 0.02
+    return flax.traverse_util.unflatten_dict(flat, sep="/")
+
+
+def quantized(params: dict, fmt: str) -> dict:
+    """``params`` with the weights a frozen_dtype=int8/float8 run stores in 8 bits so stored."""
+    flat = flax.traverse_util.flatten_dict(params, sep="/")
+    to_8bit = jax.jit(quant.quantize, static_argnums=(0, 2))
+    for k in set(quant.QUANTIZABLE) & set(flat):
+        flat[k] = to_8bit(k, flat[k], fmt)
     return flax.traverse_util.unflatten_dict(flat, sep="/")
 
 
@@ -242,6 +251,10 @@ def main(argv=None) -> int:
     p.add_argument("--prompt_len", type=int, default=16, help="[bos] question \\n tokens")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     p.add_argument("--attention_impl", default="einsum", help="pg_jax: einsum | xla | cudnn")
+    p.add_argument("--frozen_dtype", default="none", choices=["none", "int8", "float8"],
+                   help="pg_jax decodes with its LLM and image-encoder matrices and embedding in "
+                        "8 bits, as a frozen_dtype=int8/float8 run stores them (the peers get "
+                        "the dequantized weights)")
     p.add_argument("--iters", type=int, default=5, help="timed runs per measurement (median)")
     p.add_argument("--warmup", type=int, default=2, help="untimed runs first (compile, tune)")
     p.add_argument("--hbm_gbps", type=float, default=3350.0, help="HBM bandwidth, GB/s (H100)")
@@ -271,6 +284,8 @@ def main(argv=None) -> int:
         ).to_dict()
         model = paligemma.Model(**cfg)
         params = random_params(model, jnp.dtype(a.dtype))
+        if a.frozen_dtype != "none":
+            params = quantized(params, a.frozen_dtype)
         weight_bytes = llm_weight_bytes(params)
         bound = 1e3 * weight_bytes / (a.hbm_gbps * 1e9)
         results["bound_ms_per_token"][res] = bound
@@ -279,7 +294,9 @@ def main(argv=None) -> int:
         if not a.skip_hf:
             # Export before benchmarking: the HF side loads exactly these weights.
             with tempfile.TemporaryDirectory() as d:
-                exporter.save_hf({"img": cfg["img"], "llm": cfg["llm"]}, params, d, dtype=a.dtype)
+                exporter.save_hf({"img": cfg["img"], "llm": cfg["llm"]},
+                                 quant.dequantize_tree(params, jnp.dtype(a.dtype)), d,
+                                 dtype=a.dtype)
                 hf = load_hf(d, a.dtype)
         for b in a.batch:
             inputs = make_inputs(b, res, a.prompt_len, variants.REAL_VOCAB)
@@ -318,8 +335,9 @@ def main(argv=None) -> int:
             row["speedup_vs_best_peer"] = row["pg_jax"]["examples_per_sec"] / max(peers.values())
     table = _table(rows, results["bound_ms_per_token"])
     results["table"] = table
-    print(f"\n{info['jax_device']} ({a.variant}, {a.dtype}, prompt {a.prompt_len} tokens, "
-          f"{a.decode_len} decoded)\n{table}")  # fmt: skip
+    weights = "" if a.frozen_dtype == "none" else f", pg_jax weights in {a.frozen_dtype}"
+    print(f"\n{info['jax_device']} ({a.variant}, {a.dtype}{weights}, prompt {a.prompt_len} "
+          f"tokens, {a.decode_len} decoded)\n{table}")  # fmt: skip
     with open(a.out, "w") as f:
         json.dump(results, f, indent=1)
     assert "tensorflow" not in sys.modules, "bench_decode must run without TensorFlow"

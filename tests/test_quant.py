@@ -72,8 +72,9 @@ def _rounded(x, dtype=None):
 
 
 @pytest.mark.parametrize("eqn,x_shape,key,w_shape", [
-    ("BTD,CKDH->CBTKH", (3, 5, 16), "llm/layers/attn/kv_einsum/w", (2, 6, 16, 8)),
-    ("...F,FD->...D", (2, 3, 4, 32), "llm/layers/mlp/linear", (32, 12)),
+    # At least quant.FEW_ROWS rows (tokens): fewer multiply the 8-bit values as they are.
+    ("BTD,CKDH->CBTKH", (3, 50, 16), "llm/layers/attn/kv_einsum/w", (2, 6, 16, 8)),
+    ("...F,FD->...D", (2, 3, 32, 32), "llm/layers/mlp/linear", (32, 12)),
 ])
 def test_fp8_product_is_the_product_of_its_scaled_fp8_operands(eqn, x_shape, key, w_shape):
     """Forward: x scaled per row (its max |x| over the contracted axes) and w per output channel
@@ -182,3 +183,58 @@ def test_benchmark_random_state_has_the_plans_stored_forms():
     w = flat["llm/layers/mlp/linear"]
     assert quant.is_quantized(w) and int(jnp.abs(w.q).max()) == 127  # per-channel full range
     assert not np.any(np.asarray(flat["llm/layers/attn/q_einsum/w_lora_b"]))
+
+
+@pytest.mark.parametrize("variant", ["tiny_pg1", "tiny_pg2"])
+@pytest.mark.parametrize("fmt", ["int8", "float8"])
+def test_8bit_weights_decode_as_their_dequantized_weights(variant, fmt):
+    """Without LoRA to merge, the decode layout keeps the frozen weights in 8 bits (unstacked,
+    q/k/v fused, values and scales alike) and the loop multiplies their values, scaling after
+    the product: the same logits and tokens as decoding the dequantized weights."""
+    model, params = tiny_model.make(variant)
+    flat = optim.flatten(params)
+    for k in set(quant.QUANTIZABLE) & set(flat):
+        flat[k] = quant.quantize(k, flat[k], fmt)
+    quantized = optim.unflatten(flat)
+    plain = quant.dequantize_tree(quantized, jnp.float32)
+    dec = pg_jax.decoding_params(model, quantized)
+    assert quant.is_quantized(dec["llm"]["layers_0"]["attn"]["qkv_fused"])
+    assert quant.is_quantized(dec["llm"]["layers_0"]["mlp"]["linear"])
+    rng = np.random.default_rng(4)
+    res = model.img["image_size"]
+    prompt = {"image": rng.uniform(-1, 1, (2, res, res, 3)).astype(np.float32),
+              "text": rng.integers(3, 90, (2, 5)).astype(np.int32)}
+    got = pg_jax.decode(model, dec, prompt, max_decode_len=6, eos_id=-1)
+    np.testing.assert_array_equal(got, pg_jax.decode(model, plain, prompt, max_decode_len=6,
+                                                     eos_id=-1))
+    # The prefill's logits, as numbers: rounding differences only (float32 throughout), where
+    # a scale left out or applied twice moves them by a whole factor.
+    step_model = model.clone(llm={**model.llm, "scan": False, "fused_qkv": True,
+                                  "split_gating": False})
+    text = jnp.asarray(prompt["text"])
+    args = (prompt["image"], text, jnp.ones(text.shape, bool), jnp.zeros(text.shape, jnp.int32))
+    want, _ = step_model.apply({"params": pg_jax.decoding_params(model, plain)}, *args,
+                               cache_size=32, method=paligemma.Model.prefill)
+    got, _ = step_model.apply({"params": dec}, *args, cache_size=32,
+                              method=paligemma.Model.prefill)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(jnp.abs(want).max()))
+
+
+@pytest.mark.parametrize("fmt", ["int8", "float8"])
+def test_a_few_rows_multiply_the_8bit_values_and_scale_the_output(fmt):
+    """Below quant.FEW_ROWS rows the activation is not rounded to 8 bits (float8 included):
+    the product is that of the dequantized weight up to float32 rounding; from FEW_ROWS rows a
+    float8 weight's product rounds the activation to e4m3 and moves by its rounding."""
+    rng = np.random.default_rng(5)
+    w = rng.normal(0, 0.1, (2, 32, 24)).astype(np.float32)  # gating [2, D, F]
+    qw = quant.quantize("llm/layers/mlp/gating_einsum", w[None], fmt)
+    qw = quant.QArray(qw.q[0], qw.scale[0])
+    w_hat = np.asarray(qw.astype(jnp.float32))
+    for rows in (1, quant.FEW_ROWS - 1, quant.FEW_ROWS):
+        x = rng.normal(0, 1, (2, rows, 32)).astype(np.float32)
+        y = np.asarray(quant.einsum("K...D,KDF->K...F", jnp.asarray(x), qw))
+        err = np.abs(y - np.einsum("KTD,KDF->KTF", x, w_hat)).max() / np.abs(y).max()
+        if rows < quant.FEW_ROWS or fmt == "int8":
+            assert err < 1e-5, (rows, err)
+        else:
+            assert err > 1e-3, (rows, err)  # e4m3 activation rounding

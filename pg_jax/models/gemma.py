@@ -79,17 +79,17 @@ class Einsum(nn.Module):
         return y if d is None else y + d
 
 
-def _matmul(x: jax.Array, w: jax.Array) -> jax.Array:
-    """``x[..., K] @ w[K, N]``, with a single row padded to two.
+def _matmul(x: jax.Array, w) -> jax.Array:
+    """``x[..., K] @ w[K, N]`` in x's dtype (``w`` plain or 8-bit), a single row padded to two.
 
     XLA runs a one-row product with a weight of under 10M elements as a reduction, at about a
     third of the HBM bandwidth on an H100 (9.4 us for the 10 MB q/k/v weight of a decode step
     at batch 1); two rows make it a GEMM.
     """
     if x.size != x.shape[-1]:
-        return x @ w
+        return quant.einsum("...K,KN->...N", x, w)
     two = jnp.pad(x.reshape(1, -1), ((0, 1), (0, 0)))
-    return (two @ w)[0].reshape(*x.shape[:-1], w.shape[-1])
+    return quant.einsum("MK,KN->MN", two, w)[0].reshape(*x.shape[:-1], w.shape[-1])
 
 
 class FlatMatmul(nn.Module):
@@ -101,7 +101,8 @@ class FlatMatmul(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         w = self.param("w", self.w_init, self.shape)
-        return _matmul(x, w.reshape(-1, self.shape[-1]).astype(x.dtype))
+        # An 8-bit weight's values and scales take the same reshape (its scale's input axes are 1).
+        return _matmul(x, jax.tree.map(lambda a: a.reshape(-1, a.shape[-1]), w))
 
 
 class Embedder(nn.Module):
@@ -155,7 +156,7 @@ class Attention(nn.Module):
                 raise ValueError("fused_qkv takes merged weights: lora.merge the params first")
             shape = (width, (n + 2 * k_heads) * h)
             w = self.param("qkv_fused", nn.initializers.lecun_normal(), shape)
-            qkv = _matmul(x, w.astype(x.dtype))
+            qkv = _matmul(x, w)
             q, k, v = jnp.split(qkv, [n * h, (n + k_heads) * h], axis=-1)
             q = q.reshape(*x.shape[:-1], n, h)
             k, v = (a.reshape(*x.shape[:-1], k_heads, h) for a in (k, v))
@@ -265,7 +266,7 @@ class FeedForward(nn.Module):
             gate, up = (quant.einsum("...D,DF->...F", x, gating[i]) for i in (0, 1))
         else:
             both = jnp.broadcast_to(x, (2, *x.shape))
-            gate, up = jnp.einsum("K...D,KDF->K...F", both, gating.astype(x.dtype))
+            gate, up = quant.einsum("K...D,KDF->K...F", both, gating)
         d = lora.delta(self, "gating_einsum", x, gating_shape, self.lora)
         if d is not None:
             gate, up = gate + d[0], up + d[1]
@@ -489,11 +490,16 @@ def fuse_qkv(attn_params: dict) -> dict:
     """
     attn = dict(attn_params)
     if "qkv_einsum" in attn:
-        parts = list(attn.pop("qkv_einsum")["w"])  # 3 x [N, D, H]
+        qkv = attn.pop("qkv_einsum")["w"]
+        parts = [qkv[0], qkv[1], qkv[2]]  # 3 x [N, D, H]
     else:
         kv = attn.pop("kv_einsum")["w"]
         parts = [attn.pop("q_einsum")["w"], kv[0], kv[1]]
-    width = parts[0].shape[1]
-    columns = [p.transpose(1, 0, 2).reshape(width, -1) for p in parts]  # [D, heads * H]
-    attn["qkv_fused"] = jnp.concatenate(columns, axis=1)
+    if len({quant.is_quantized(p) for p in parts}) > 1:  # one trainable, one frozen in 8 bits
+        dtype = next(p.dtype for p in parts if not quant.is_quantized(p))
+        parts = [p.astype(dtype) for p in parts]
+    # [D, heads * H] each; an 8-bit weight's values and scales alike (its scale's D axis is 1).
+    columns = [jax.tree.map(lambda a: a.transpose(1, 0, 2).reshape(a.shape[1], -1), p)
+               for p in parts]
+    attn["qkv_fused"] = jax.tree.map(lambda *c: jnp.concatenate(c, axis=1), *columns)
     return attn
