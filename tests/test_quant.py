@@ -35,7 +35,10 @@ def _state(model, ckpt, frozen_dtype, freeze="lora"):
 
 @pytest.mark.newest_only  # a numerics measure: stack 1 (the newest releases) reports it
 @pytest.mark.parametrize("variant", ["tiny_pg1", "tiny_pg2"])
-def test_int8_logit_drift_is_of_the_order_of_bfloat16s(variant, tmp_path):
+def test_int8_logit_drift_is_of_the_order_of_bfloat16s(variant, tmp_path, monkeypatch):
+    # The tiny model's 26 tokens take the paths a real model's thousands do (`quant.FEW_ROWS`):
+    # float8 runs its FP8 products, int8 dequantizes.
+    monkeypatch.setattr(quant, "FEW_ROWS", 1)
     base, params = tiny_model.make(variant)
     ckpt = str(tmp_path / "base.npz")
     exporter.save_npz(params, ckpt)
@@ -115,7 +118,8 @@ def test_fp8_product_is_the_product_of_its_scaled_fp8_operands(eqn, x_shape, key
 # float8 on the newest stack only (.ci/run): the Kaggle GPU image's T4/P100 have no FP8 units,
 # and the trainer refuses float8 there; the FP8 products' test above runs on both stacks.
 @pytest.mark.parametrize("fmt", ["int8", pytest.param("float8", marks=pytest.mark.newest_only)])
-def test_8bit_frozen_weights_train_and_decode(fmt, tmp_path):
+def test_8bit_frozen_weights_train_and_decode(fmt, tmp_path, monkeypatch):
+    monkeypatch.setattr(quant, "FEW_ROWS", 1)  # a real model's training paths (see above)
     base, params = tiny_model.make("tiny_pg1")
     ckpt = str(tmp_path / "base.npz")
     exporter.save_npz(params, ckpt)
