@@ -36,9 +36,10 @@ def _state(model, ckpt, frozen_dtype, freeze="lora"):
 @pytest.mark.newest_only  # a numerics measure: stack 1 (the newest releases) reports it
 @pytest.mark.parametrize("variant", ["tiny_pg1", "tiny_pg2"])
 def test_int8_logit_drift_is_of_the_order_of_bfloat16s(variant, tmp_path, monkeypatch):
-    # The tiny model's 26 tokens take the paths a real model's thousands do (`quant.FEW_ROWS`):
+    # The tiny model's 26 tokens take the paths a real model's thousands do (`quant.einsum`):
     # float8 runs its FP8 products, int8 dequantizes.
     monkeypatch.setattr(quant, "FEW_ROWS", 1)
+    monkeypatch.setattr(quant, "FP8_MIN_ROWS", 1)
     base, params = tiny_model.make(variant)
     ckpt = str(tmp_path / "base.npz")
     exporter.save_npz(params, ckpt)
@@ -75,15 +76,16 @@ def _rounded(x, dtype=None):
 
 
 @pytest.mark.parametrize("eqn,x_shape,key,w_shape", [
-    # At least quant.FEW_ROWS rows (tokens): fewer multiply the 8-bit values as they are.
     ("BTD,CKDH->CBTKH", (3, 50, 16), "llm/layers/attn/kv_einsum/w", (2, 6, 16, 8)),
     ("...F,FD->...D", (2, 3, 32, 32), "llm/layers/mlp/linear", (32, 12)),
 ])
-def test_fp8_product_is_the_product_of_its_scaled_fp8_operands(eqn, x_shape, key, w_shape):
+def test_fp8_product_is_the_product_of_its_scaled_fp8_operands(eqn, x_shape, key, w_shape,
+                                                               monkeypatch):
     """Forward: x scaled per row (its max |x| over the contracted axes) and w per output channel
     into e4m3, their product, both scales applied; backward dx: the gradient times the weight's
     channel scales, scaled per row into e5m2, times the e4m3 weight. Each is checked against
     that recipe computed by hand in float32, and against the exact product."""
+    monkeypatch.setattr(quant, "FP8_MIN_ROWS", quant.FEW_ROWS)  # these 150 and 192 rows
     rng = np.random.default_rng(0)
     x = rng.normal(0, 1, x_shape).astype(np.float32)
     x[0] *= 30.0  # rows of very different ranges: one scale per row keeps both precise
@@ -120,6 +122,7 @@ def test_fp8_product_is_the_product_of_its_scaled_fp8_operands(eqn, x_shape, key
 @pytest.mark.parametrize("fmt", ["int8", pytest.param("float8", marks=pytest.mark.newest_only)])
 def test_8bit_frozen_weights_train_and_decode(fmt, tmp_path, monkeypatch):
     monkeypatch.setattr(quant, "FEW_ROWS", 1)  # a real model's training paths (see above)
+    monkeypatch.setattr(quant, "FP8_MIN_ROWS", 1)
     base, params = tiny_model.make("tiny_pg1")
     ckpt = str(tmp_path / "base.npz")
     exporter.save_npz(params, ckpt)
@@ -225,20 +228,21 @@ def test_8bit_weights_decode_as_their_dequantized_weights(variant, fmt):
 
 
 @pytest.mark.parametrize("fmt", ["int8", "float8"])
-def test_a_few_rows_multiply_the_8bit_values_and_scale_the_output(fmt):
-    """Below quant.FEW_ROWS rows the activation is not rounded to 8 bits (float8 included):
-    the product is that of the dequantized weight up to float32 rounding; from FEW_ROWS rows a
-    float8 weight's product rounds the activation to e4m3 and moves by its rounding."""
+def test_the_product_path_follows_the_rows(fmt, monkeypatch):
+    """`quant.einsum` by rows: under FEW_ROWS the 8-bit values times the output's scale, then
+    the dequantized weight, both the dequantized weight's product up to float32 rounding; from
+    FP8_MIN_ROWS a float8 weight's product rounds the activation to e4m3 and moves by that."""
+    monkeypatch.setattr(quant, "FP8_MIN_ROWS", 2 * quant.FEW_ROWS)  # a small test
     rng = np.random.default_rng(5)
     w = rng.normal(0, 0.1, (2, 32, 24)).astype(np.float32)  # gating [2, D, F]
     qw = quant.quantize("llm/layers/mlp/gating_einsum", w[None], fmt)
     qw = quant.QArray(qw.q[0], qw.scale[0])
     w_hat = np.asarray(qw.astype(jnp.float32))
-    for rows in (1, quant.FEW_ROWS - 1, quant.FEW_ROWS):
+    for rows in (1, quant.FEW_ROWS - 1, quant.FEW_ROWS, quant.FP8_MIN_ROWS):
         x = rng.normal(0, 1, (2, rows, 32)).astype(np.float32)
         y = np.asarray(quant.einsum("K...D,KDF->K...F", jnp.asarray(x), qw))
         err = np.abs(y - np.einsum("KTD,KDF->KTF", x, w_hat)).max() / np.abs(y).max()
-        if rows < quant.FEW_ROWS or fmt == "int8":
+        if rows < quant.FP8_MIN_ROWS or fmt == "int8":
             assert err < 1e-5, (rows, err)
         else:
             assert err > 1e-3, (rows, err)  # e4m3 activation rounding

@@ -10,8 +10,6 @@ Layers multiply activations by weights through `einsum`:
 
 - int8 dequantizes (``q * scale`` in the compute dtype) inside the jitted step, one layer at a
   time under the layer scan, and multiplies in the compute dtype: it saves memory, not time.
-  (Multiplying the int8 values and scaling the output instead ran the PaliGemma 1 3B train step
-  at 148 against 201 examples/s on an H200.)
 - float8 multiplies in FP8 on the matrix units (`fp8_einsum`): the activation is scaled row by
   row (per token) by its own max |x| into e4m3 on every call ("current scaling", no state to
   carry), the product accumulates in float32 inside the GEMM, and both scales are applied to
@@ -29,7 +27,9 @@ only the answer positions, so they are small. Norms, biases, position embeddings
 weights keep their dtype.
 
 - Products of a few rows (decode steps), in both formats, multiply the 8-bit values as they
-  are and scale the output (`FEW_ROWS`): they read half of bf16's bytes.
+  are and scale the output: they read half of bf16's bytes. float8 multiplies in FP8 only
+  from `FP8_MIN_ROWS` rows, where it is faster than bf16; between the two, both formats
+  dequantize (`einsum`).
 
 The decode loop reads the 8-bit weights as stored (`pg_jax.decode.decoding_params` dequantizes
 only to merge LoRA factors into them). Export dequantizes (`dequantize_tree`): an exported model
@@ -135,16 +135,22 @@ def abstract(key: str, shape: tuple[int, ...], fmt: str = "int8") -> QArray:
                   jax.ShapeDtypeStruct(scale_shape, jnp.float32))
 
 
-# Products of fewer activation rows than this (decode steps: one row per example) multiply the
-# weight's 8-bit values as they are and scale the output (`_scaled_after`), in both formats. Such
-# a product reads the weight and does little arithmetic: converting the 8-bit values inside it
-# reads half of bf16's bytes (on an H200, 0.037 against bf16's 0.048 ms at 64 rows of the
-# 2048 x 32768 MLP product), where XLA's FP8 GEMM on a scaled activation took 0.07-0.5 ms.
-# With more rows that path is slower than bf16 (0.28 against 0.18 ms at 1024 rows), so larger
-# products keep their own: int8 dequantizes the weight, and float8 runs `fp8_einsum`, which
-# pays off at the train step's sizes (9216 rows at 224 px batch 32) and not below a few
-# thousand rows (a forward alone at 4352 rows: 1.01 against bf16's 0.74 ms).
+# Which product a quantized weight takes depends on how many activation rows (tokens) it has.
+# Measured on an H200 with the 2048 x 32768 MLP weight (`scripts/bench_fp8_matmul.py` and
+# BENCHMARKS.md, "Decoding with 8-bit weights"):
+# - Under FEW_ROWS rows (decode steps: one row per example), both formats multiply the 8-bit
+#   values as they are and scale the output (`_scaled_after`): the product reads the weight and
+#   does little arithmetic, and the values converted inside it are half of bf16's bytes (0.037
+#   against bf16's 0.048 ms at 64 rows), where XLA's FP8 GEMM on a scaled activation took
+#   0.07-0.5 ms.
+# - From FP8_MIN_ROWS rows (the train step's sizes: 8192-9216 rows at 224 px batch 32 and
+#   448 px batch 8), float8 runs `fp8_einsum`, which makes those steps 1.09-1.16x faster than
+#   bf16. Below that its forward was slower than bf16 (1.01 against 0.74 ms at 4352 rows, a
+#   batch-16 prefill; 0.50 against 0.18 ms at 1024).
+# - Otherwise the weight is dequantized to the compute dtype (int8 always: scaling int8
+#   products' outputs ran the PaliGemma 1 3B train step at 148 against 201 examples/s).
 FEW_ROWS = 128
+FP8_MIN_ROWS = 8192
 
 
 def einsum(eqn: str, x: jax.Array, w) -> jax.Array:
@@ -152,9 +158,10 @@ def einsum(eqn: str, x: jax.Array, w) -> jax.Array:
     if not is_quantized(w):
         return jnp.einsum(eqn, x, w.astype(x.dtype))
     eqn = _explicit(eqn, x.ndim)
-    if _rows(eqn, x.shape) < FEW_ROWS:
+    rows = _rows(eqn, x.shape)
+    if rows < FEW_ROWS:
         return _scaled_after(eqn, x, w)
-    if w.q.dtype == _E4M3:
+    if w.q.dtype == _E4M3 and rows >= FP8_MIN_ROWS:
         return fp8_einsum(eqn, x, w.q, w.scale)
     return jnp.einsum(eqn, x, w.astype(x.dtype))
 
