@@ -10,12 +10,18 @@ only ``dx = dy @ w.T``. This times both, at PaliGemma 1 3B's shapes, three ways:
 - ``fp8_gemm``: only the FP8 product of operands already in e4m3, the ceiling the scaling
   overhead is measured against.
 
+With ``--rows``, it times instead the forward of the MLP's 2048 x 32768 gate|up product on a
+float8 weight by the number of activation rows, down to a decode step's few: `fp8_einsum`, the
+8-bit values multiplied as they are and the output scaled (`quant._scaled_after`), and bf16;
+`quant.einsum` picks among its paths by these rows (`quant.FEW_ROWS`, `quant.FP8_MIN_ROWS`).
+
 It prints the time of each (host clock around 30 calls: a lead, not a kernel time; the train
 step's ``--profile`` has the kernel times), its TFLOP/s, and whether XLA compiled the product to
 a cuBLAS call on FP8 operands. In a profile, cuBLAS's FP8 kernels are the ``nvjet_sm90_qq...``
 (both operands e4m3) and ``..._qr...`` (e5m2 gradient) ones: names seen only in FP8 steps.
 
   PYTHONPATH=. python3 scripts/bench_fp8_matmul.py
+  PYTHONPATH=. python3 scripts/bench_fp8_matmul.py --rows 2 16 64 128 256 512 1024 4352
 """
 
 from __future__ import annotations
@@ -94,13 +100,36 @@ def measure(name: str, iters: int) -> list[tuple]:
     return rows
 
 
+def measure_rows(rows: list[int], iters: int) -> None:
+    """Forward times of the gate|up product (2048 x 32768) by activation rows, three ways."""
+    k, n = 2048, 32768
+    w = jax.random.normal(jax.random.key(0), (k, n), jnp.float32) * k**-0.5
+    wq = quant.quantize("llm/layers/mlp/linear", w[None], "float8")
+    wq = quant.QArray(wq.q[0], wq.scale[0])
+    wb = w.astype(jnp.bfloat16)
+    fp8 = jax.jit(lambda x, q, s: quant.fp8_einsum(EQN, x, q, s))
+    scaled_after = jax.jit(lambda x, w: quant._scaled_after(EQN, x, w))
+    bf16 = jax.jit(lambda x, w: x @ w)
+    print(f"{'rows':>6} {'fp8 ms':>8} {'8-bit values ms':>16} {'bf16 ms':>8}")
+    for m in rows:
+        x = jax.random.normal(jax.random.key(1), (m, k), jnp.bfloat16)
+        times = (_time(fp8, x, wq.q, wq.scale, iters=iters), _time(scaled_after, x, wq, iters=iters),
+                 _time(bf16, x, wb, iters=iters))
+        print(f"{m:6} {times[0] * 1e3:8.3f} {times[1] * 1e3:16.3f} {times[2] * 1e3:8.3f}", flush=True)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--iters", type=int, default=30)
     p.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    p.add_argument("--rows", type=int, nargs="+",
+                   help="time the gate|up forward at these activation row counts instead")
     args = p.parse_args()
     print(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}")
+    if args.rows:
+        measure_rows(args.rows, args.iters)
+        return
     rows = [r for name in args.shapes for r in measure(name, args.iters)]
     print(f"{'shape':18} {'side':9} {'fwd ms':>8} {'TFLOP/s':>8} {'fwd+dx ms':>10} {'TFLOP/s':>8} "
           "FP8 GEMM")
