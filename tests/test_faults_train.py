@@ -123,6 +123,7 @@ def _damage_state(step_dir):
             fh.truncate(3)
 
 
+@pytest.mark.newest_only  # the workdir logic only (.ci/run)
 def test_rerunning_a_finished_run_keeps_its_summary(synth, tmp_path, capsys):
     from pg_jax import train
 
@@ -136,6 +137,7 @@ def test_rerunning_a_finished_run_keeps_its_summary(synth, tmp_path, capsys):
     assert _read(os.path.join(wd, "summary.json")) == summary
 
 
+@pytest.mark.newest_only  # the workdir logic; stack 2 resumes in the SIGINT test (.ci/run)
 def test_unreadable_latest_checkpoints_are_moved_aside_and_the_run_resumes(synth, tmp_path,
                                                                            capsys):
     from pg_jax import train

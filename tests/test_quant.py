@@ -192,7 +192,9 @@ def test_benchmark_random_state_has_the_plans_stored_forms():
     assert not np.any(np.asarray(flat["llm/layers/attn/q_einsum/w_lora_b"]))
 
 
-@pytest.mark.parametrize("variant", ["tiny_pg1", "tiny_pg2"])
+# Stack 2 (Kaggle's pins) runs int8 on tiny_pg1; float8 (no FP8 on Kaggle's GPUs) and the
+# second architecture run on the newest stack (.ci/run).
+@pytest.mark.parametrize("variant", ["tiny_pg1", pytest.param("tiny_pg2", marks=pytest.mark.newest_only)])
 @pytest.mark.parametrize("fmt", ["int8", pytest.param("float8", marks=pytest.mark.newest_only)])
 def test_8bit_weights_decode_as_their_dequantized_weights(variant, fmt):
     """Without LoRA to merge, the decode layout keeps the frozen weights in 8 bits (unstacked,
