@@ -71,15 +71,6 @@ def random_params(model: paligemma.Model, dtype, seed: int = 0) -> dict:
     return flax.traverse_util.unflatten_dict(flat, sep="/")
 
 
-def quantized(params: dict, fmt: str) -> dict:
-    """``params`` with the weights a frozen_dtype=int8/float8 run stores in 8 bits so stored."""
-    flat = flax.traverse_util.flatten_dict(params, sep="/")
-    to_8bit = jax.jit(quant.quantize, static_argnums=(0, 2))
-    for k in set(quant.QUANTIZABLE) & set(flat):
-        flat[k] = to_8bit(k, flat[k], fmt)
-    return flax.traverse_util.unflatten_dict(flat, sep="/")
-
-
 def make_inputs(batch: int, res: int, prompt_len: int, vocab: int, seed: int = 0) -> dict:
     """Random image and ``[bos] prompt "\\n"`` of ``prompt_len`` tokens (numpy)."""
     rng = np.random.default_rng(seed)
@@ -285,7 +276,7 @@ def main(argv=None) -> int:
         model = paligemma.Model(**cfg)
         params = random_params(model, jnp.dtype(a.dtype))
         if a.frozen_dtype != "none":
-            params = quantized(params, a.frozen_dtype)
+            params = quant.quantize_tree(params, a.frozen_dtype)
         weight_bytes = llm_weight_bytes(params)
         bound = 1e3 * weight_bytes / (a.hbm_gbps * 1e9)
         results["bound_ms_per_token"][res] = bound

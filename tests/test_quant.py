@@ -201,10 +201,7 @@ def test_8bit_weights_decode_as_their_dequantized_weights(variant, fmt):
     q/k/v fused, values and scales alike) and the loop multiplies their values, scaling after
     the product: the same logits and tokens as decoding the dequantized weights."""
     model, params = tiny_model.make(variant)
-    flat = optim.flatten(params)
-    for k in set(quant.QUANTIZABLE) & set(flat):
-        flat[k] = quant.quantize(k, flat[k], fmt)
-    quantized = optim.unflatten(flat)
+    quantized = quant.quantize_tree(params, fmt)
     plain = quant.dequantize_tree(quantized, jnp.float32)
     dec = pg_jax.decoding_params(model, quantized)
     assert quant.is_quantized(dec["llm"]["layers_0"]["attn"]["qkv_fused"])

@@ -41,6 +41,7 @@ from __future__ import annotations
 import functools
 import string
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -263,6 +264,15 @@ def _fp8_backward(eqn, residuals, g):
 
 
 fp8_einsum.defvjp(_fp8_forward, _fp8_backward)
+
+
+def quantize_tree(params: dict, fmt: str) -> dict:
+    """A nested params dict with every `QUANTIZABLE` weight it holds quantized to ``fmt``, as
+    a frozen_dtype=int8/float8 run stores the frozen ones (benchmarks and tests)."""
+    flat = flax.traverse_util.flatten_dict(params, sep="/")
+    for k in set(QUANTIZABLE) & set(flat):
+        flat[k] = quantize(k, flat[k], fmt)
+    return flax.traverse_util.unflatten_dict(flat, sep="/")
 
 
 def dequantize_tree(params, dtype):
