@@ -12,6 +12,8 @@ from typing import NamedTuple
 BFLOAT16_MIN_CAPABILITY = 8.0
 # jax's cuDNN fused attention runs on Ampere (8.0) and later.
 CUDNN_ATTENTION_MIN_CAPABILITY = 8.0
+# FP8 matrix units (frozen_dtype=float8): Ada (8.9: L4) and Hopper (9.0: H100, H200).
+FP8_MIN_CAPABILITY = 8.9
 
 
 class Choice(NamedTuple):
@@ -126,7 +128,7 @@ def resolve_dtypes(config, device) -> tuple[str, str, bool]:
         raise ValueError(f"frozen_dtype must be auto or one of {', '.join(FROZEN_DTYPES)}, "
                          f"got {config.frozen_dtype!r}")
     capability = compute_capability(device)
-    if frozen == "float8" and capability is not None and capability < 8.9:
+    if frozen == "float8" and capability is not None and capability < FP8_MIN_CAPABILITY:
         raise ValueError(
             f"frozen_dtype=float8 multiplies on FP8 matrix units, which this GPU "
             f"({device.device_kind}, compute capability {capability}) does not have (8.9+: L4, "

@@ -48,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pg_jax.decode import decode, decoding_params
-from pg_jax.models import exporter, paligemma, quant, variants
+from pg_jax.models import exporter, few_rows_kernel, paligemma, quant, variants
 from pg_jax.models.loader import param_shapes
 
 NEWLINE, BOS = 108, 2
@@ -246,6 +246,9 @@ def main(argv=None) -> int:
                    help="pg_jax decodes with its LLM and image-encoder matrices and embedding in "
                         "8 bits, as a frozen_dtype=int8/float8 run stores them (the peers get "
                         "the dequantized weights)")
+    p.add_argument("--one_row_kernel", default="on", choices=["on", "off"],
+                   help="off: 8-bit weights' one-row products (batch 1) stay XLA's instead of "
+                        "pg_jax.models.few_rows_kernel's")
     p.add_argument("--iters", type=int, default=5, help="timed runs per measurement (median)")
     p.add_argument("--warmup", type=int, default=2, help="untimed runs first (compile, tune)")
     p.add_argument("--hbm_gbps", type=float, default=3350.0, help="HBM bandwidth, GB/s (H100)")
@@ -255,6 +258,7 @@ def main(argv=None) -> int:
                    help="interpreter for the KerasHub side (one with keras and keras-hub)")
     p.add_argument("--out", required=True, help="JSON results file")
     a = p.parse_args(argv)
+    few_rows_kernel.ENABLED = a.one_row_kernel == "on"
 
     info = _device_info()
     print(f"devices: {info}", flush=True)

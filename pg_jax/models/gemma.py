@@ -84,9 +84,9 @@ def _matmul(x: jax.Array, w) -> jax.Array:
 
     XLA runs a one-row product with a weight of under 10M elements as a reduction, at about a
     third of the HBM bandwidth on an H100 (9.4 us for the 10 MB q/k/v weight of a decode step
-    at batch 1); two rows make it a GEMM.
+    at batch 1); two rows make it a GEMM. An 8-bit weight's one row has its own kernel.
     """
-    if x.size != x.shape[-1]:
+    if x.size != x.shape[-1] or quant.one_row_kernel_applies(w):
         return quant.einsum("...K,KN->...N", x, w)
     two = jnp.pad(x.reshape(1, -1), ((0, 1), (0, 0)))
     return quant.einsum("MK,KN->MN", two, w)[0].reshape(*x.shape[:-1], w.shape[-1])
@@ -124,9 +124,8 @@ class Embedder(nn.Module):
 
     def decode(self, x: jax.Array) -> jax.Array:
         table = self.input_embedding
-        if quant.is_quantized(table):  # int8, one scale per token = per logit
-            logits = attention.einsum_float32("...D,VD->...V", x, table.q.astype(x.dtype))
-            return logits * table.scale[:, 0].astype(logits.dtype)
+        if quant.is_quantized(table):  # 8-bit, one scale per token = per logit
+            return quant.tied_logits(x, table)
         return attention.einsum_float32("...D,VD->...V", x, table.astype(x.dtype))
 
 

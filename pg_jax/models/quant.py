@@ -27,7 +27,9 @@ only the answer positions, so they are small. Norms, biases, position embeddings
 weights keep their dtype.
 
 - Products of a few rows (decode steps), in both formats, multiply the 8-bit values as they
-  are and scale the output: they read half of bf16's bytes. float8 multiplies in FP8 only
+  are and scale the output: they read half of bf16's bytes. One row by a float8 weight on
+  an FP8 GPU (a batch-1 step) goes through a Pallas kernel that reads them nearer the
+  bandwidth (`pg_jax.models.few_rows_kernel`). float8 multiplies in FP8 only
   from `FP8_MIN_ROWS` rows, where it is faster than bf16; between the two, both formats
   dequantize (`einsum`).
 
@@ -46,7 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pg_jax.models import lora
+from pg_jax.models import attention, few_rows_kernel, lora
 
 EMBEDDING = "llm/embedder/input_embedding"
 QUANTIZABLE = (*lora.LAYOUTS, EMBEDDING)
@@ -143,7 +145,7 @@ def abstract(key: str, shape: tuple[int, ...], fmt: str = "int8") -> QArray:
 #   values as they are and scale the output (`_scaled_after`): the product reads the weight and
 #   does little arithmetic, and the values converted inside it are half of bf16's bytes (0.037
 #   against bf16's 0.048 ms at 64 rows), where XLA's FP8 GEMM on a scaled activation took
-#   0.07-0.5 ms.
+#   0.07-0.5 ms. One row by a float8 weight on a GPU (batch 1) takes `few_rows_kernel`.
 # - From FP8_MIN_ROWS rows (the train step's sizes: 8192-9216 rows at 224 px batch 32 and
 #   448 px batch 8), float8 runs `fp8_einsum`, which makes those steps 1.09-1.16x faster than
 #   bf16. Below that its forward was slower than bf16 (1.01 against 0.74 ms at 4352 rows, a
@@ -161,7 +163,7 @@ def einsum(eqn: str, x: jax.Array, w) -> jax.Array:
     eqn = _explicit(eqn, x.ndim)
     rows = _rows(eqn, x.shape)
     if rows < FEW_ROWS:
-        return _scaled_after(eqn, x, w)
+        return _scaled_after(eqn, x, w, x.dtype)
     if w.q.dtype == _E4M3 and rows >= FP8_MIN_ROWS:
         return fp8_einsum(eqn, x, w.q, w.scale)
     return jnp.einsum(eqn, x, w.astype(x.dtype))
@@ -174,13 +176,60 @@ def _rows(eqn: str, x_shape) -> int:
     return int(np.prod([d for c, d in zip(x_labels, x_shape) if c not in w_labels]))
 
 
-def _scaled_after(eqn: str, x: jax.Array, w: QArray) -> jax.Array:
-    """``einsum(x, q) * scale``: the per-output-channel scale commutes with the contraction, so
-    the 8-bit values enter the product as they are (exact in bf16 and float32) and no
-    dequantized weight is made; the scale multiplies the float32 output."""
+def _scaled_after(eqn: str, x: jax.Array, w: QArray, dtype) -> jax.Array:
+    """``einsum(x, q) * scale`` in ``dtype``: the per-output-channel scale commutes with the
+    contraction, so the 8-bit values enter the product as they are (exact in bf16 and float32)
+    and no dequantized weight is made; the scale multiplies the float32 output. One row goes
+    through `few_rows_kernel` where it applies (`few_rows_kernel.supports`)."""
+    _, w_labels, out = _parse(eqn)
+    if _rows(eqn, x.shape) == 1 and (y := _one_row_kernel(eqn, x, w)) is not None:
+        return y.astype(dtype)
+    y = attention.einsum_float32(eqn, x, w.q.astype(x.dtype))
+    return (y * _align(w.scale, w_labels, out)).astype(dtype)
+
+
+def _one_row_plan(eqn: str, w_shape) -> tuple[int, int, int, str] | None:
+    """(G, K, N, layout) of ``eqn`` as `few_rows_kernel.matmul` takes it, or None.
+
+    It takes a weight of two axes, the contracted one and the output's last one in either
+    order ("kn" or "nk", the embedding), optionally after a leading axis G that x and the
+    output lead with too (the MLP's gate|up); x's other axes are the output's (of size 1).
+    """
     x_labels, w_labels, out = _parse(eqn)
-    y = jnp.einsum(eqn, x, w.q.astype(x.dtype), preferred_element_type=jnp.float32)
-    return (y * _align(w.scale, w_labels, out)).astype(x.dtype)
+    g = w_labels[0] if len(w_labels) == 3 else ""
+    pair = w_labels[len(g):]
+    c, n = x_labels[-1], out[-1]
+    if len(pair) != 2 or set(pair) != {c, n} or out != x_labels[:-1] + n:
+        return None
+    if g and not (x_labels[0] == g and c != g):
+        return None
+    sizes = dict(zip(w_labels, w_shape))
+    return (sizes[g] if g else 1, sizes[c], sizes[n], "kn" if pair == c + n else "nk")
+
+
+def _one_row_kernel(eqn: str, x: jax.Array, w: QArray) -> jax.Array | None:
+    """The one-row product through `few_rows_kernel`, in float32; None where it does not apply
+    (`few_rows_kernel.supports`: not a float8 weight it tiles on an FP8 GPU)."""
+    plan = _one_row_plan(eqn, w.shape)
+    if plan is None or not few_rows_kernel.supports(w.q.dtype, *plan):
+        return None
+    g, k, n, layout = plan
+    y = few_rows_kernel.matmul(x.reshape(g, k), w.q.reshape(g, *w.q.shape[-2:]),
+                               w.scale.reshape(g, n), w_layout=layout)
+    return y.reshape(*x.shape[:-1], n)
+
+
+def tied_logits(x: jax.Array, table: QArray) -> jax.Array:
+    """``x @ table.T`` in float32 for an embedding table quantized per token (its scale is
+    each logit's): the table is never dequantized."""
+    return _scaled_after(_explicit("...D,VD->...V", x.ndim), x, table, jnp.float32)
+
+
+def one_row_kernel_applies(w) -> bool:
+    """Whether one row by the matrix ``w[K, N]`` runs through `few_rows_kernel` (callers that
+    pad a row to two for XLA's sake need not)."""
+    return (is_quantized(w) and w.ndim == 2
+            and few_rows_kernel.supports(w.q.dtype, 1, *w.shape))
 
 
 def _explicit(eqn: str, x_ndim: int) -> str:
