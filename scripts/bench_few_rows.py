@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from bench_fp8_matmul import time_calls  # scripts/ is the script's own directory
 
 from pg_jax.models import few_rows_kernel, quant
 
@@ -40,16 +40,6 @@ SHAPES = {
     "mlp_out": (1, 16384, 2048, "kn", LAYERS),
     "embedding": (1, 2048, 257152, "nk", 1),
 }
-
-
-def _time(fn, *args, iters: int) -> float:
-    for _ in range(2):
-        jax.block_until_ready(fn(*args))
-    t0 = time.perf_counter()
-    for _ in range(iters):
-        out = fn(*args)
-    jax.block_until_ready(out)
-    return (time.perf_counter() - t0) / iters
 
 
 def _weights(g, k, n, layout, layers, fmt):
@@ -136,7 +126,7 @@ def main():
                 try:
                     y = fn(x, weights)
                     err = float(np.max(np.abs(np.asarray(y) - ref)) / np.max(np.abs(ref)))
-                    times[side] = (_time(fn, x, weights, iters=args.iters), err)
+                    times[side] = (time_calls(fn, x, weights, iters=args.iters), err)
                     if args.sweep:  # as it goes: a long sweep may be cut short
                         print(f"    {side} {times[side][0] * 1e3:.3f} ms", flush=True)
                 except Exception as e:  # noqa: BLE001 - a tiling Triton refuses: say so, go on

@@ -43,7 +43,8 @@ SHAPES = {
 }
 
 
-def _time(fn, *args, iters: int) -> float:
+def time_calls(fn, *args, iters: int) -> float:
+    """Seconds per call of ``fn(*args)``: two untimed calls (compile), then ``iters`` timed."""
     jax.block_until_ready(fn(*args))
     jax.block_until_ready(fn(*args))
     t0 = time.perf_counter()
@@ -86,12 +87,12 @@ def measure(name: str, iters: int) -> list[tuple]:
     flop, rows = 2 * m * k * n, []
     for side, weight in (("bf16", w.astype(jnp.bfloat16)), ("fp8", wq)):
         f, fb = _forward(weight), _forward_and_dx(weight)
-        tf, tb = _time(f, x, iters=iters), _time(fb, x, g, iters=iters)
+        tf, tb = time_calls(f, x, iters=iters), time_calls(fb, x, g, iters=iters)
         rows.append((name, side, tf * 1e3, flop / tf / 1e12, tb * 1e3, 2 * flop / tb / 1e12,
                      side == "fp8" and _uses_fp8_gemm(f, x)))
     xq = x.astype(jnp.float8_e4m3fn)
     gemm = jax.jit(lambda a, b: jnp.einsum(EQN, a, b, preferred_element_type=jnp.bfloat16))
-    tg = _time(gemm, xq, wq.q, iters=iters)
+    tg = time_calls(gemm, xq, wq.q, iters=iters)
     rows.append((name, "fp8_gemm", tg * 1e3, flop / tg / 1e12, float("nan"), float("nan"),
                  _uses_fp8_gemm(gemm, xq, wq.q)))
     exact = jnp.einsum(EQN, x.astype(jnp.float32), w)
@@ -108,13 +109,13 @@ def measure_rows(rows: list[int], iters: int) -> None:
     wq = quant.QArray(wq.q[0], wq.scale[0])
     wb = w.astype(jnp.bfloat16)
     fp8 = jax.jit(lambda x, q, s: quant.fp8_einsum(EQN, x, q, s))
-    scaled_after = jax.jit(lambda x, w: quant._scaled_after(EQN, x, w))
+    scaled_after = jax.jit(lambda x, w: quant._scaled_after(EQN, x, w, x.dtype))
     bf16 = jax.jit(lambda x, w: x @ w)
     print(f"{'rows':>6} {'fp8 ms':>8} {'8-bit values ms':>16} {'bf16 ms':>8}")
     for m in rows:
         x = jax.random.normal(jax.random.key(1), (m, k), jnp.bfloat16)
-        times = (_time(fp8, x, wq.q, wq.scale, iters=iters), _time(scaled_after, x, wq, iters=iters),
-                 _time(bf16, x, wb, iters=iters))
+        times = (time_calls(fp8, x, wq.q, wq.scale, iters=iters),
+                 time_calls(scaled_after, x, wq, iters=iters), time_calls(bf16, x, wb, iters=iters))
         print(f"{m:6} {times[0] * 1e3:8.3f} {times[1] * 1e3:16.3f} {times[2] * 1e3:8.3f}", flush=True)
 
 

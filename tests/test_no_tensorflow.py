@@ -10,9 +10,10 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHECK = (
     "import sys, importlib.util\n"
+    "sys.path.insert(0, 'scripts')  # as when run: a script's directory is on its path\n"
     "for script in ('bench_decode', 'bench_forward', 'bench_train_step', 'bench_train',\n"
     "               'bench_train_levers', 'profile_decode', 'make_demo_checkpoint',\n"
-    "               'bench_fp8_matmul'):\n"
+    "               'bench_fp8_matmul', 'bench_few_rows'):\n"
     "    spec = importlib.util.spec_from_file_location(script, f'scripts/{script}.py')\n"
     "    spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
     "import pg_jax.predict, pg_jax.predict_fns, pg_jax.report, pg_jax.evaluators.anls\n"

@@ -84,7 +84,8 @@ def _matmul(x: jax.Array, w) -> jax.Array:
 
     XLA runs a one-row product with a weight of under 10M elements as a reduction, at about a
     third of the HBM bandwidth on an H100 (9.4 us for the 10 MB q/k/v weight of a decode step
-    at batch 1); two rows make it a GEMM. An 8-bit weight's one row has its own kernel.
+    at batch 1); two rows make it a GEMM. One row by a float8 weight on an FP8 GPU has its own
+    kernel instead (`quant.one_row_kernel_applies`).
     """
     if x.size != x.shape[-1] or quant.one_row_kernel_applies(w):
         return quant.einsum("...K,KN->...N", x, w)
