@@ -247,7 +247,7 @@ def main(argv=None) -> int:
                         "8 bits, as a frozen_dtype=int8/float8 run stores them (the peers get "
                         "the dequantized weights)")
     p.add_argument("--one_row_kernel", default="on", choices=["on", "off"],
-                   help="off: 8-bit weights' one-row products (batch 1) stay XLA's instead of "
+                   help="off: float8 weights' one-row products (batch 1) stay XLA's instead of "
                         "pg_jax.models.few_rows_kernel's")
     p.add_argument("--iters", type=int, default=5, help="timed runs per measurement (median)")
     p.add_argument("--warmup", type=int, default=2, help="untimed runs first (compile, tune)")

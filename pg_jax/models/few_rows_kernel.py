@@ -8,7 +8,7 @@ attention's small weights. This kernel reads each weight tile once, converts it 
 registers and multiplies and sums it with the row on the vector units (2 FLOP per byte read);
 `matmul` applies the per-output-channel scale to its output. With float8 weights it took
 PaliGemma 1 3B's batch-1 decode from 1.62 to 1.26-1.31 ms per token on an H200; int8 stayed
-at 1.60-1.61 (BENCHMARKS.md, "Decoding with 8-bit weights").
+at 1.60-1.61 (BENCHMARKS.md, "Batch-1 decoding through a Pallas kernel").
 
 Each program owns ``block_n`` output columns of one weight (of ``G`` batched ones: the MLP's
 gate and up) and ``1 / splits`` of one chunk of the contracted axis K (`chunks`), read
@@ -18,8 +18,8 @@ XLA's product: the same tiling through the matrix units (``tl.dot``, rows padded
 slower than it.
 
 `supports` says whether the kernel applies: float8 weights that `config_for` tiles, on a GPU
-with FP8 (8.9+) whose jax has Pallas's Triton backend. Elsewhere `pg_jax.models.quant` keeps XLA's product; the tests
-run the same kernel through Pallas's interpreter (``interpret=True``) on the CPU.
+with FP8 (8.9+). Elsewhere `pg_jax.models.quant` keeps XLA's product; the tests run the same
+kernel through Pallas's interpreter (``interpret=True``) on the CPU.
 """
 
 from __future__ import annotations
@@ -30,13 +30,11 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from pg_jax import devices
+# Pallas and its Triton backend ship with jax, CPU-only installs too (0.7.2, 0.10.2, 0.11.2).
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
 
-try:  # Pallas's Triton backend; CPU-only installs of jax ship it too
-    from jax.experimental import pallas as pl
-    from jax.experimental.pallas import triton as plgpu
-except ImportError:  # pragma: no cover - a jax without Pallas
-    pl = plgpu = None
+from pg_jax import devices
 
 # About four programs per SM of an H200's 132.
 TARGET_PROGRAMS = 512
@@ -52,14 +50,6 @@ class Config(NamedTuple):
     splits: int = 1
     num_warps: int = 4
     num_stages: int = 4
-
-
-def _pow2_divisor(d: int, top: int) -> int:
-    """The largest power of two at most ``top`` that divides ``d``."""
-    b = top
-    while d % b:
-        b //= 2
-    return b
 
 
 def chunks(k: int) -> int:
@@ -81,7 +71,7 @@ def config_for(g: int, k: int, n: int, w_layout: str = "kn", *, block_n: int | N
     """
     depth = k // chunks(k)
     block_k = block_k or min(depth, 256)
-    block_n = block_n or _pow2_divisor(n, 64 if w_layout == "nk" else 128)
+    block_n = block_n or min(n & -n, 64 if w_layout == "nk" else 128)  # n & -n: n's power of 2
     if min(block_k, block_n) < 16 or depth % block_k or n % block_n:
         return None
     splits = 1
@@ -98,7 +88,7 @@ def supports(dtype, g: int, k: int, n: int, w_layout: str = "kn") -> bool:
     measured): `matmul` computes int8 as well, but on an H200 it decoded no faster than XLA's
     product (1.60-1.61 ms per token), and Kaggle's T4 and P100 were never run.
     """
-    if not (ENABLED and plgpu is not None and jax.default_backend() == "gpu"
+    if not (ENABLED and jax.default_backend() == "gpu"
             and jnp.dtype(dtype) == jnp.dtype(jnp.float8_e4m3fn)):
         return False
     capability = devices.compute_capability(jax.devices()[0])
@@ -107,7 +97,8 @@ def supports(dtype, g: int, k: int, n: int, w_layout: str = "kn") -> bool:
 
 
 def _kernel(x_ref, w_ref, o_ref, *, block_k: int, steps: int, w_layout: str):
-    """One program: ``o[BN] = x[K/splits] @ w[K/splits, BN]`` in float32."""
+    """One program: ``o[BN] = x[depth] @ w[depth, BN]`` in float32, ``steps`` reads of
+    ``block_k`` (depth: one split of one chunk of K)."""
 
     def step(i, acc):
         ks = pl.ds(pl.multiple_of(i * block_k, block_k), block_k)
@@ -117,12 +108,6 @@ def _kernel(x_ref, w_ref, o_ref, *, block_k: int, steps: int, w_layout: str):
         return acc + jnp.sum(w_ref[:, ks].astype(jnp.float32) * x[None, :], axis=1)
 
     o_ref[...] = jax.lax.fori_loop(0, steps, step, jnp.zeros(o_ref.shape, jnp.float32))
-
-
-def _compiler_params(config: Config):
-    # Named TritonCompilerParams before jax 0.6.
-    cls = getattr(plgpu, "CompilerParams", None) or plgpu.TritonCompilerParams
-    return cls(num_warps=config.num_warps, num_stages=config.num_stages)
 
 
 def matmul(x: jax.Array, q: jax.Array, scale: jax.Array, *, w_layout: str = "kn",
@@ -148,7 +133,7 @@ def matmul(x: jax.Array, q: jax.Array, scale: jax.Array, *, w_layout: str = "kn"
     depth = k // c // splits
     # K as [chunks, power of two]: free reshapes of the row and the weight.
     x = x.reshape(g, c, k // c)
-    sq = pl.squeezed if hasattr(pl, "squeezed") else None  # None before jax 0.6
+    sq = pl.squeezed
     if w_layout == "kn":
         q = q.reshape(g, c, k // c, n)
         w_spec = pl.BlockSpec((sq, sq, depth, config.block_n),
@@ -159,7 +144,8 @@ def matmul(x: jax.Array, q: jax.Array, scale: jax.Array, *, w_layout: str = "kn"
                               lambda gi, ci, s, j: (gi, j, ci, s))
     kernel = functools.partial(_kernel, block_k=config.block_k,
                                steps=depth // config.block_k, w_layout=w_layout)
-    params = {} if interpret else {"compiler_params": _compiler_params(config)}
+    params = {} if interpret else {"compiler_params": plgpu.CompilerParams(
+        num_warps=config.num_warps, num_stages=config.num_stages)}
     partial = pl.pallas_call(
         kernel,
         out_shape=jax.ShapeDtypeStruct((g, c * splits, n), jnp.float32),
