@@ -14,6 +14,7 @@ swapped from a config:
   (pg_jax.devices.attention_implementation).
 """
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -107,16 +108,83 @@ def attend(
 
     if isinstance(mask, KeyLengths):
         mask = mask.dense(t, k.shape[1])
-
     q = q.reshape(b, t, kv_heads, n // kv_heads, h)
-    logits = einsum_float32("BTKGH,BSKH->BKGTS", q, k)
+    if t == 1:
+        # A one-token decode step: no gradient, and the KV cache stays in its layout (the
+        # head-major one below would copy the whole cache on every token).
+        logits = _capped(einsum_float32("BTKGH,BSKH->BKGTS", q, k), mask, softcap)[0]
+        probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+        return jnp.einsum("BKGTS,BSKH->BTKGH", probs, v).reshape(b, t, n, h)
+    # Head-major layouts, [B, K, G, T, H] and [B, K, S, H]: every product below is then a
+    # batched GEMM over (B, K) whose [B, K, G, T, S] operand or result needs no transpose.
+    # Only q, k, v and the output (H wide) are transposed.
+    q = q.transpose(0, 2, 3, 1, 4)
+    k, v = (x.transpose(0, 2, 1, 3) for x in (k, v))
+    encoded = _einsum_attention(q, k, v, mask, softcap)
+    return encoded.transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
+
+
+def _capped(logits, mask, softcap):
+    """float32[B, K, G, T, S] logits soft-capped and masked, and ``tanh(logits / softcap)``
+    (None without a cap), which the backward pass reuses."""
+    capped = None
     if softcap:
-        logits = jnp.tanh(logits / softcap) * softcap
+        capped = jnp.tanh(logits / softcap)
+        logits = capped * softcap
     if mask is not None:
         logits = jnp.where(mask[:, None, None, :, :], logits, BIG_NEG)
-    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    encoded = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v)
-    return encoded.reshape(b, t, n, h)
+    return logits, capped
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _einsum_attention(q, k, v, mask, softcap):
+    """Softmax attention with float32 logits: q [B, K, G, T, H], k and v [B, K, S, H].
+
+    Its backward pass recomputes the logits from q and k, as a fused attention kernel does,
+    instead of saving them: autodiff kept float32 [B, K, G, T, S] tensors (logits, tanh and
+    softmax) for every layer and spent more time reading and transposing them than the
+    products took (PaliGemma 2, whose soft-cap rules out the fused kernels; BENCHMARKS.md).
+    Saved: the inputs, the output and two float32 [B, K, G, T] softmax statistics.
+    """
+    return _einsum_attention_fwd(q, k, v, mask, softcap)[0]
+
+
+def _einsum_attention_fwd(q, k, v, mask, softcap):
+    logits, _ = _capped(einsum_float32("BKGTH,BKSH->BKGTS", q, k), mask, softcap)
+    top = jnp.max(logits, axis=-1, keepdims=True)
+    unnormalized = jnp.exp(logits - top)
+    total = jnp.sum(unnormalized, axis=-1, keepdims=True)
+    probs = (unnormalized / total).astype(v.dtype)
+    encoded = jnp.einsum("BKGTS,BKSH->BKGTH", probs, v)
+    return encoded, (q, k, v, mask, encoded, top, total)
+
+
+def _einsum_attention_bwd(softcap, saved, d_encoded):
+    q, k, v, mask, encoded, top, total = saved
+    # The barrier keeps XLA from merging this product with the forward pass's identical one,
+    # which would keep the forward's float32 logits alive until here (+4.2 GiB at PaliGemma 2
+    # 3B 448/8 on an H200).
+    q, k = jax.lax.optimization_barrier((q, k))
+    logits, capped = _capped(einsum_float32("BKGTH,BKSH->BKGTS", q, k), mask, softcap)
+    # The forward pass's probabilities, bit for bit (a fully masked row stays uniform).
+    probs = jnp.exp(logits - top) / total
+    d_v = jnp.einsum("BKGTS,BKGTH->BKSH", probs.astype(v.dtype), d_encoded)
+    # In v's dtype, as autodiff of the bf16 probabilities-by-values product gives it.
+    d_probs = jnp.einsum("BKGTH,BKSH->BKGTS", d_encoded, v).astype(jnp.float32)
+    # Softmax backward: p * (dp - sum_s p dp), where sum_s p dp = <d_encoded, encoded>.
+    row = jnp.sum(d_encoded.astype(jnp.float32) * encoded.astype(jnp.float32), axis=-1)
+    d_logits = probs * (d_probs - row[..., None])
+    if mask is not None:
+        d_logits = jnp.where(mask[:, None, None, :, :], d_logits, 0.0)
+    if softcap:  # d/dx softcap tanh(x / softcap) = 1 - tanh^2
+        d_logits = d_logits * (1.0 - capped * capped)
+    d_logits = d_logits.astype(q.dtype)
+    d_q = jnp.einsum("BKGTS,BKSH->BKGTH", d_logits, k)
+    d_k = jnp.einsum("BKGTS,BKGTH->BKSH", d_logits, q)
+    return d_q, d_k, d_v, None
+
+
+_einsum_attention.defvjp(_einsum_attention_fwd, _einsum_attention_bwd)
 
 
 def _upcast_dot_operands() -> bool:
