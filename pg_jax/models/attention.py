@@ -162,8 +162,8 @@ def _einsum_attention_fwd(q, k, v, mask, softcap):
 def _einsum_attention_bwd(softcap, saved, d_encoded):
     q, k, v, mask, encoded, top, total = saved
     # The barrier keeps XLA from merging this product with the forward pass's identical one,
-    # which would keep the forward's float32 logits alive until here (+4.2 GiB at PaliGemma 2
-    # 3B 448/8 on an H200).
+    # which would keep the forward's float32 logits alive until here (PaliGemma 2 3B 448/8
+    # on an H200: 45.0 GiB without it, 27.7 with; see BENCHMARKS.md).
     q, k = jax.lax.optimization_barrier((q, k))
     logits, capped = _capped(einsum_float32("BKGTH,BKSH->BKGTS", q, k), mask, softcap)
     # The forward pass's probabilities, bit for bit (a fully masked row stays uniform).
