@@ -6,6 +6,10 @@ Three places use attention, with different shapes and masks:
 - the decode prefill (forward): the same with a prompt that is all prefix (padding only);
 - one-token decode steps: one query per row over the KV cache, multi-query (1 kv head).
 
+And PaliGemma 2 3B's training shape (Gemma 2 2B: 8 query heads, 4 kv heads of 256, logit
+soft-cap 50), where only the einsums take the cap; ``--top_kernels`` lists its costliest
+kernels (``XLA_FLAGS=--xla_gpu_enable_command_buffer=`` for XLA's own names).
+
 For each, the rows compare ``pg_jax.models.attention.attend`` implementations and ways of
 expressing the mask (a dense boolean mask, per-row key lengths, causal), so that the cheapest
 correct one can be chosen. Every variant's output is checked against the einsum reference.
@@ -40,8 +44,9 @@ def _inputs(b, t, s, n, k, h, seed=0):
     return q, kk, v
 
 
-def _time(fn, args, iters):
-    """(GPU kernel ms per call, wall ms per call) after a warm-up."""
+def _time(fn, args, iters, top_kernels=0):
+    """(GPU kernel ms per call, wall ms per call) after a warm-up; with ``top_kernels``,
+    prints the costliest kernels' ms per call."""
     jax.block_until_ready(fn(*args))
 
     def many():
@@ -53,25 +58,33 @@ def _time(fn, args, iters):
     many()
     wall = (time.perf_counter() - t0) / iters * 1e3
     kernels = profiling.kernel_times(many)
+    for name, micros in kernels.micros.most_common(top_kernels):
+        label = kernels.hlo_op.get(name, name)
+        print(f"    {micros / iters / 1e3:.3f} ms  x{kernels.count[name] // iters}  {label[:90]}")
     return kernels.total_ms / iters, wall
 
 
-def _report(title, variants, args, iters, reference="einsum", rows_valid=None):
+def _report(title, variants, args, iters, reference="einsum", rows_valid=None, top_kernels=0):
     """Times each variant; the output check skips query rows where rows_valid[B, T] is False."""
     print(f"\n{title}")
-    print("| variant | kernel ms | wall ms | max abs diff vs einsum |")
+    print("| variant | kernel ms | wall ms | max abs diff vs einsum (output; gradients) |")
     print("|---|---|---|---|")
     keep = 1.0 if rows_valid is None else np.asarray(rows_valid)[:, :, None, None]
-    ref = np.asarray(jax.jit(variants[reference])(*args)[0], np.float32) * keep
+    ref = jax.jit(variants[reference])(*args)
     for name, fn in variants.items():
         fn = jax.jit(fn)
         try:
-            out = np.asarray(fn(*args)[0], np.float32) * keep
-            kernel_ms, wall_ms = _time(fn, args, iters)
+            out = fn(*args)
+            kernel_ms, wall_ms = _time(fn, args, iters, top_kernels)
         except Exception as e:  # noqa: BLE001  (a kernel may not exist on this GPU / backend)
             print(f"| {name} | failed: {str(e).splitlines()[0][:80]} | | |")
             continue
-        print(f"| {name} | {kernel_ms:.3f} | {wall_ms:.3f} | {np.max(np.abs(out - ref)):.3g} |")
+        diffs = [np.max(np.abs(np.asarray(x, np.float32) - np.asarray(y, np.float32)))
+                 for x, y in zip(jax.tree.leaves(out[1:]), jax.tree.leaves(ref[1:]))]
+        first = np.max(np.abs(np.asarray(out[0], np.float32) - np.asarray(ref[0], np.float32))
+                       * keep)
+        shown = f"{first:.3g}" + (f"; {', '.join(f'{d:.3g}' for d in diffs)}" if diffs else "")
+        print(f"| {name} | {kernel_ms:.3f} | {wall_ms:.3f} | {shown} |")
 
 
 def prefix_lm_mask(b, prefix_len, t):
@@ -85,12 +98,18 @@ def main():
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--small", action="store_true", help="tiny shapes (CPU smoke test)")
     p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--only_pg2", action="store_true", help="the PaliGemma 2 rows alone")
+    p.add_argument("--top_kernels", type=int, default=0,
+                   help="PaliGemma 2 rows: print each variant's N costliest GPU kernels")
     a = p.parse_args()
     n, k, h = 8, 1, 256  # Gemma 2B: 8 query heads, 1 kv head of 256
     if a.small:
         n, h = 4, 16
     attend = attention.attend
     print(jax.devices()[0].device_kind)
+    pg2_training(a)
+    if a.only_pg2:
+        return
 
     # Training: 256 image + 32 text tokens, prefix = image + a 16..24-token prompt.
     b, t = (2, 24) if a.small else (32, 288)
@@ -162,6 +181,26 @@ def main():
             rows[f"{i}, heads folded into queries"] = functools.partial(folded, impl=i)
         _report(f"decode step, q [{b}, 1, {n}, {h}] over {s} cached keys", rows, (q, kk, v),
                 a.iters * 5)
+
+
+def pg2_training(a):
+    """Forward + backward at PaliGemma 2 3B's 448 px shape: batch 8, 1024 + 32 tokens."""
+    n, k, h, cap = (4, 2, 16, 50.0) if a.small else (8, 4, 256, 50.0)
+    b, t = (2, 40) if a.small else (8, 1056)
+    q, kk, v = _inputs(b, t, t, n, k, h)
+    prefix = jnp.asarray(np.random.default_rng(0).integers(t - 24, t - 8, b), jnp.int32)
+    mask = prefix_lm_mask(b, prefix, t)
+
+    def train(fn):
+        def loss(q, kk, v):
+            return jnp.sum(fn(q, kk, v).astype(jnp.float32) ** 2)
+
+        return lambda q, kk, v: (fn(q, kk, v), jax.grad(loss, argnums=(0, 1, 2))(q, kk, v))
+
+    rows = {"einsum": train(lambda q, kk, v: attention.attend(q, kk, v, mask, softcap=cap))}
+    _report(f"PaliGemma 2 training forward + backward, q [{b}, {t}, {n}, {h}], kv heads {k}, "
+            f"soft-cap {cap:g}, prefix-LM mask", rows, (q, kk, v), a.iters,
+            top_kernels=a.top_kernels)
 
 
 if __name__ == "__main__":
