@@ -55,9 +55,16 @@ def test_auto_attention(monkeypatch):
     assert devices.attention_implementation("auto", A100, dtype=jnp.bfloat16) == "cudnn"
     assert devices.attention_implementation("auto", A100, dtype="float16") == "cudnn"
     # cuDNN's kernel: no soft-cap (PaliGemma 2), no float32, not before compute capability 8.0.
+    # A soft-cap takes the Pallas forward kernel on one bf16 GPU of 8.0+, else the einsums.
     assert devices.attention_implementation("auto", A100, dtype="bfloat16", softcap=50.0) == (
-        "einsum"
+        "pallas"
     )
+    assert devices.attention_implementation("auto", A100, dtype="bfloat16", softcap=50.0,
+                                            num_devices=2) == "einsum"
+    for device, dtype in ((A100, "float16"), (A100, "float32"), (T4, "float16"),
+                          (TPU, "bfloat16"), (CPU, "bfloat16")):
+        assert devices.attention_implementation("auto", device, dtype=dtype,
+                                                softcap=50.0) == "einsum"
     assert devices.attention_implementation("auto", A100, dtype=jnp.float32) == "einsum"
     for device in (T4, P100, TPU, CPU):
         assert devices.attention_implementation("auto", device, dtype="bfloat16") == "einsum"
@@ -122,7 +129,11 @@ def test_trainer_line_names_dtype_and_attention_with_why(monkeypatch):
     # PaliGemma 2's LLM soft-caps its logits, which cuDNN's kernel cannot: the towers differ.
     assert devices.describe("auto", "auto", A100, PG2) == (
         "compute bfloat16 (auto: A100), attention cudnn in the image tower (auto: A100), "
-        "einsum in the LLM (auto: cuDNN has no logit soft-cap)")
+        "pallas in the LLM (auto: soft-cap kernel on A100)")
+    assert devices.describe("auto", "auto", T4, PG2) == (
+        "compute float16 (auto: Tesla T4 has no bfloat16), attention einsum in the image tower "
+        "(auto: no cuDNN attention on Tesla T4), einsum in the LLM (auto: a logit soft-cap "
+        "(no cuDNN), float16 on Tesla T4)")
     assert devices.describe("auto", "auto", CPU, PG1) == (
         "compute float32 (auto: float32 on cpu), attention einsum (auto: float32 on cpu)")
     assert devices.describe("float32", "xla", CPU, PG2) == (

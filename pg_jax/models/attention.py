@@ -10,8 +10,11 @@ swapped from a config:
   Gemma 2 logit soft-cap. Works everywhere and is the numerical reference.
 - ``"xla"`` / ``"cudnn"``: ``jax.nn.dot_product_attention``; ``"cudnn"`` asks
   for the fused cuDNN kernel (GPU only, bf16/f16). No soft-cap support.
-- ``"auto"``: ``"cudnn"`` where the device runs it, else ``"einsum"``
-  (pg_jax.devices.attention_implementation).
+- ``"pallas"``: pg_jax.models.flash_attention's fused forward kernel (Pallas, Triton; GPU)
+  with the einsum backward pass. Takes the soft-cap; one-token decode steps and heads the
+  kernel does not tile (`flash_attention.supports`) keep the einsums.
+- ``"auto"``: ``"cudnn"`` where the device runs it; with a soft-cap, ``"pallas"`` on one
+  bf16 GPU; else ``"einsum"`` (pg_jax.devices.attention_implementation).
 """
 
 import functools
@@ -21,12 +24,13 @@ import jax
 import jax.numpy as jnp
 
 from pg_jax import devices
+from pg_jax.models import flash_attention
 
 # Large negative logit for masked positions. Finite (not -inf) so that a fully
 # masked row (a padding query) gives a uniform softmax instead of NaN.
 BIG_NEG = -2.3819763e38
 
-IMPLEMENTATIONS = ("einsum", "xla", "cudnn", "auto")
+IMPLEMENTATIONS = ("einsum", "xla", "cudnn", "pallas", "auto")
 
 
 class KeyLengths(NamedTuple):
@@ -75,10 +79,17 @@ def attend(
     if n % kv_heads:
         raise ValueError(f"{n} query heads are not a multiple of {kv_heads} kv heads")
     implementation = devices.attention_implementation(
-        implementation, jax.devices()[0], dtype=q.dtype, softcap=softcap
+        implementation, jax.devices()[0], dtype=q.dtype, softcap=softcap,
+        num_devices=jax.device_count(),
     )
 
-    if implementation != "einsum":
+    if implementation == "pallas" and t > 1 and flash_attention.supports(h):
+        if isinstance(mask, KeyLengths):
+            mask = mask.dense(t, k.shape[1])
+        # Pallas's interpreter elsewhere: slow, but the same kernel (the tests).
+        return flash_attention.attend(q, k, v, mask, softcap=softcap,
+                                      interpret=jax.default_backend() != "gpu")
+    if implementation not in ("einsum", "pallas"):
         if softcap:
             raise ValueError(
                 f"attention implementation {implementation!r} has no logit soft-cap; "
@@ -159,7 +170,9 @@ def _einsum_attention_fwd(q, k, v, mask, softcap):
     return encoded, (q, k, v, mask, encoded, top, total)
 
 
-def _einsum_attention_bwd(softcap, saved, d_encoded):
+def einsum_attention_backward(softcap, saved, d_encoded):
+    """`_einsum_attention`'s backward pass; also `flash_attention`'s, from its forward kernel's
+    statistics."""
     q, k, v, mask, encoded, top, total = saved
     # The barrier keeps XLA from merging this product with the forward pass's identical one,
     # which would keep the forward's float32 logits alive until here (PaliGemma 2 3B 448/8
@@ -184,7 +197,7 @@ def _einsum_attention_bwd(softcap, saved, d_encoded):
     return d_q, d_k, d_v, None
 
 
-_einsum_attention.defvjp(_einsum_attention_fwd, _einsum_attention_bwd)
+_einsum_attention.defvjp(_einsum_attention_fwd, einsum_attention_backward)
 
 
 def _upcast_dot_operands() -> bool:
