@@ -17,7 +17,7 @@ override                    default
 ``sliding_window``          0 (off; HF applies 4096 on alternate layers, which only
                             matters for sequences longer than that, i.e. 896 px)
 ``dtype``                   ``"float32"`` compute dtype (``"bfloat16"``, ``"float16"``)
-``attention_impl``          ``"einsum"`` (``"xla"``, ``"cudnn"``, ``"auto"``)
+``attention_impl``          ``"einsum"`` (``"xla"``, ``"cudnn"``, ``"pallas"``, ``"auto"``)
 ``remat_policy``            ``"none"`` (a ``jax.checkpoint_policies`` name)
 ``scan_unroll``             1
 ==========================  =====================================================
