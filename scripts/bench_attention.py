@@ -7,8 +7,8 @@ Three places use attention, with different shapes and masks:
 - one-token decode steps: one query per row over the KV cache, multi-query (1 kv head).
 
 And PaliGemma 2 3B's training shape (Gemma 2 2B: 8 query heads, 4 kv heads of 256, logit
-soft-cap 50), where only the einsums take the cap; ``--top_kernels`` lists its costliest
-kernels (``XLA_FLAGS=--xla_gpu_enable_command_buffer=`` for XLA's own names).
+soft-cap 50), where the einsums and the Pallas forward kernel (``pallas``, with the einsums'
+backward pass) take the cap; ``--top_kernels`` lists its costliest kernels (``XLA_FLAGS=--xla_gpu_enable_command_buffer=`` for XLA's own names).
 
 For each, the rows compare ``pg_jax.models.attention.attend`` implementations and ways of
 expressing the mask (a dense boolean mask, per-row key lengths, causal), so that the cheapest
@@ -87,6 +87,14 @@ def _report(title, variants, args, iters, reference="einsum", rows_valid=None, t
         print(f"| {name} | {kernel_ms:.3f} | {wall_ms:.3f} | {shown} |")
 
 
+def _with_gradients(fn):
+    """fn(q, k, v) -> (its output, the gradients of sum(output^2) by q, k and v)."""
+    def loss(q, kk, v):
+        return jnp.sum(fn(q, kk, v).astype(jnp.float32) ** 2)
+
+    return lambda q, kk, v: (fn(q, kk, v), jax.grad(loss, argnums=(0, 1, 2))(q, kk, v))
+
+
 def prefix_lm_mask(b, prefix_len, t):
     """bool[B, T, T]: each row's first prefix_len[b] tokens are a prefix, the rest causal."""
     mask_ar = (jnp.arange(t)[None, :] >= prefix_len[:, None]).astype(jnp.int32)
@@ -118,11 +126,7 @@ def main():
     mask = prefix_lm_mask(b, prefix, t)
 
     def train(impl):
-        def loss(q, kk, v):
-            return jnp.sum(attend(q, kk, v, mask, implementation=impl).astype(jnp.float32) ** 2)
-
-        return lambda q, kk, v: (attend(q, kk, v, mask, implementation=impl),
-                                 jax.grad(loss, argnums=(0, 1, 2))(q, kk, v))
+        return _with_gradients(lambda q, kk, v: attend(q, kk, v, mask, implementation=impl))
 
     def two_calls(q, kk, v):
         # Prefix queries see exactly the prefix (key lengths); the others see everything up to
@@ -133,13 +137,10 @@ def main():
         return jnp.where(in_prefix, dpa(q, kk, v, key_value_seq_lengths=prefix),
                          dpa(q, kk, v, is_causal=True))
 
-    def train_two_calls(q, kk, v):
-        loss = lambda *x: jnp.sum(two_calls(*x).astype(jnp.float32) ** 2)  # noqa: E731
-        return two_calls(q, kk, v), jax.grad(loss, argnums=(0, 1, 2))(q, kk, v)
 
     impls = ["einsum", "xla"] + ([] if a.small else ["cudnn"])
     rows = {i: train(i) for i in impls}
-    rows["fused, prefix by key lengths + causal (two calls)"] = train_two_calls
+    rows["fused, prefix by key lengths + causal (two calls)"] = _with_gradients(two_calls)
     _report(f"training forward + backward, q [{b}, {t}, {n}, {h}], kv heads {k}, prefix-LM mask",
             rows, (q, kk, v), a.iters)
 
@@ -191,13 +192,8 @@ def pg2_training(a):
     prefix = jnp.asarray(np.random.default_rng(0).integers(t - 24, t - 8, b), jnp.int32)
     mask = prefix_lm_mask(b, prefix, t)
 
-    def train(fn):
-        def loss(q, kk, v):
-            return jnp.sum(fn(q, kk, v).astype(jnp.float32) ** 2)
-
-        return lambda q, kk, v: (fn(q, kk, v), jax.grad(loss, argnums=(0, 1, 2))(q, kk, v))
-
-    rows = {"einsum": train(lambda q, kk, v: attention.attend(q, kk, v, mask, softcap=cap))}
+    rows = {impl: _with_gradients(lambda q, kk, v, impl=impl: attention.attend(
+        q, kk, v, mask, softcap=cap, implementation=impl)) for impl in ("einsum", "pallas")}
     _report(f"PaliGemma 2 training forward + backward, q [{b}, {t}, {n}, {h}], kv heads {k}, "
             f"soft-cap {cap:g}, prefix-LM mask", rows, (q, kk, v), a.iters,
             top_kernels=a.top_kernels)
