@@ -36,7 +36,7 @@ import numpy as np
 from pg_jax import accounting, optim, profiling, sharding
 from pg_jax import state as state_lib
 from pg_jax import step as step_lib
-from pg_jax.models import loader, lora, paligemma, variants
+from pg_jax.models import fp8_geglu_kernel, loader, lora, paligemma, variants
 
 
 def lora_config(a: argparse.Namespace) -> dict | None:
@@ -76,7 +76,19 @@ def main() -> None:
     p.add_argument("--logits_len", type=int, default=8,
                    help="text positions given logits (>= the 8 scored ones; 32 = all)")
     p.add_argument("--no_donate", action="store_true", help="do not donate the train state")
+    p.add_argument("--fp8_geglu_kernel", default="on", choices=["on", "off"],
+                   help="float8: the GeGLU's FP8 scaling in pg_jax.models.fp8_geglu_kernel "
+                        "(off: XLA's passes)")
+    for direction in ("forward", "backward"):
+        p.add_argument(f"--fp8_geglu_{direction}", type=int, nargs=5,
+                       metavar=("ROWS", "COLUMNS", "WARPS", "STAGES", "ONE_PASS"),
+                       help=f"the {direction} kernel's tiling (scripts/bench_fp8_geglu.py --best)")
     a = p.parse_args()
+    fp8_geglu_kernel.ENABLED = a.fp8_geglu_kernel == "on"
+    if a.fp8_geglu_forward:
+        fp8_geglu_kernel.FORWARD = fp8_geglu_kernel.Config(*a.fp8_geglu_forward[:4], bool(a.fp8_geglu_forward[4]))
+    if a.fp8_geglu_backward:
+        fp8_geglu_kernel.BACKWARD = fp8_geglu_kernel.Config(*a.fp8_geglu_backward[:4], bool(a.fp8_geglu_backward[4]))
 
     text_len, loss_len = 32, 8
     lora_cfg = lora_config(a)

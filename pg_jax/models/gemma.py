@@ -262,6 +262,10 @@ class FeedForward(nn.Module):
         gating_shape, linear_shape = (2, width, self.mlp_dim), (self.mlp_dim, width)
         gating = self.param("gating_einsum", _init((1,), (0, 2)), gating_shape)
         linear = self.param("linear", _init((0,), (1,)), linear_shape)
+        if (self.split_gating and quant.fp8_mlp_applies(x, gating, linear)
+                and not any(lora.is_target(lora.weight_key(self, k), self.lora)
+                            for k in ("gating_einsum", "linear"))):
+            return quant.fp8_mlp(x, gating, linear)  # the GeGLU's FP8 scaling in kernels
         if self.split_gating:
             gate, up = (quant.einsum("...D,DF->...F", x, gating[i]) for i in (0, 1))
         else:

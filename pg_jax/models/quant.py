@@ -48,7 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pg_jax.models import attention, few_rows_kernel, lora
+from pg_jax.models import attention, few_rows_kernel, fp8_geglu_kernel, lora
 
 EMBEDDING = "llm/embedder/input_embedding"
 QUANTIZABLE = (*lora.LAYOUTS, EMBEDDING)
@@ -313,6 +313,71 @@ def _fp8_backward(eqn, residuals, g):
 
 
 fp8_einsum.defvjp(_fp8_forward, _fp8_backward)
+
+
+def fp8_mlp_applies(x: jax.Array, gating, linear) -> bool:
+    """Whether `fp8_mlp` computes the GeGLU MLP of activation ``x`` by these weights here: both
+    float8, enough rows for `fp8_einsum` (`FP8_MIN_ROWS`), and the kernels' GPU
+    (`fp8_geglu_kernel.supports`)."""
+    return (all(is_quantized(w) and w.q.dtype == _E4M3 for w in (gating, linear))
+            and int(np.prod(x.shape[:-1])) >= FP8_MIN_ROWS
+            and fp8_geglu_kernel.supports(linear.shape[0]))
+
+
+def fp8_mlp(x: jax.Array, gating: QArray, linear: QArray) -> jax.Array:
+    """The frozen GeGLU MLP ``(gelu_tanh(x @ gating[0]) * (x @ gating[1])) @ linear`` with its
+    three products in FP8, as three `fp8_einsum` calls would compute it, and the GeGLU's
+    scaling, forward and backward, in `fp8_geglu_kernel` instead of XLA's passes.
+
+    Args:
+      x: [..., D] the activation, in the compute dtype.
+      gating: float8 [2, D, F] (gate, up), scales [2, 1, F].
+      linear: float8 [F, D], scales [1, D].
+    """
+    lead = x.shape[:-1]
+    gate_w, up_w = gating[0], gating[1]
+    y = _fp8_mlp(x.reshape(-1, x.shape[-1]), gate_w.q, gate_w.scale, up_w.q, up_w.scale,
+                 linear.q, linear.scale)
+    return y.reshape(*lead, y.shape[-1])
+
+
+def _scaled_fp8_product(eqn, a, a_scale, q, q_scale, dtype):
+    """``einsum(eqn, a, q)`` of 8-bit operands, accumulated in float32, times the row scales
+    ``a_scale`` [R] and the channel scales ``q_scale`` (broadcast to the output), in dtype."""
+    y = jnp.einsum(eqn, a, q, preferred_element_type=dtype).astype(jnp.float32)
+    return (y * a_scale.reshape(-1, 1) * q_scale).astype(dtype)
+
+
+@jax.custom_vjp
+def _fp8_mlp(x, gate_q, gate_s, up_q, up_s, linear_q, linear_s):
+    return _fp8_mlp_forward(x, gate_q, gate_s, up_q, up_s, linear_q, linear_s)[0]
+
+
+def _fp8_mlp_forward(x, gate_q, gate_s, up_q, up_s, linear_q, linear_s):
+    dtype = x.dtype
+    xq, sx = _to_fp8(x, "RD", "D", _E4M3, FORMATS["float8"][1])
+    # The gate and up products' scales are applied inside the kernels, not in a pass here.
+    gate, up = (jnp.einsum("RD,DF->RF", xq, q, preferred_element_type=dtype)
+                for q in (gate_q, up_q))
+    hq, sh = fp8_geglu_kernel.forward(gate, up, sx, gate_s, up_s)
+    y = _scaled_fp8_product("RF,FD->RD", hq, sh, linear_q, linear_s, dtype)
+    return y, (gate, up, sx, gate_q, gate_s, up_q, up_s, linear_q, linear_s)
+
+
+def _fp8_mlp_backward(residuals, g):
+    gate, up, sx, gate_q, gate_s, up_q, up_s, linear_q, linear_s = residuals
+    dtype = g.dtype
+    # As `_fp8_backward`: the gradient times the weight's channel scales, per row into e5m2.
+    gq, sg = _to_fp8(g.astype(jnp.float32) * linear_s, "RD", "D", _E5M2, _E5M2_MAX)
+    dh = jnp.einsum("RD,FD->RF", gq, linear_q, preferred_element_type=dtype)
+    d_gate, s_gate, d_up, s_up = fp8_geglu_kernel.backward(gate, up, dh, sx, sg, gate_s, up_s)
+    dx = sum(_scaled_fp8_product("RF,DF->RD", d, s, q, 1.0, dtype).astype(jnp.float32)
+             for d, s, q in ((d_gate, s_gate, gate_q), (d_up, s_up, up_q)))
+    zeros = [jnp.zeros_like(a) for a in (gate_q, gate_s, up_q, up_s, linear_q, linear_s)]
+    return (dx.astype(dtype), *zeros)
+
+
+_fp8_mlp.defvjp(_fp8_mlp_forward, _fp8_mlp_backward)
 
 
 def quantize_tree(params: dict, fmt: str) -> dict:
