@@ -16,7 +16,10 @@ Layers multiply activations by weights through `einsum`:
   its output. Backward, the gradient goes to e5m2 (wider range, as gradients need) for
   ``dx = dy @ q.T``. GPUs with FP8 matrix units (compute capability 8.9+: L4, H100, H200) run
   these products faster than bf16 (BENCHMARKS.md); on the CPU XLA computes the same numbers
-  more slowly, and `pg_jax.devices.resolve_dtypes` refuses older GPUs.
+  more slowly, and `pg_jax.devices.resolve_dtypes` refuses older GPUs. The frozen GeGLU MLP
+  on such a GPU runs as `fp8_mlp`: the same three products, with the GeGLU's scaling, forward
+  and backward, in `pg_jax.models.fp8_geglu_kernel` (one read of each row instead of XLA's
+  three to four passes).
 
 Only frozen weights are quantized: the matrices LoRA can adapt (`lora.LAYOUTS`: the LLM's and
 the image encoder's attention and MLP weights) and the token embedding (one scale per token: the
