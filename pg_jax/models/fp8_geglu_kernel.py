@@ -8,9 +8,12 @@ XLA computes each row's max |value| in one pass and converts in another, recompu
 from gate and up in both (and, backward, converting the two gradients in two more): on an H200
 at PaliGemma 1 3B 224/32 that is 0.61 ms per layer forward and 0.98 ms backward, about a fifth
 of the FP8 step (BENCHMARKS.md, "FP8 training: levers tried"). These kernels do the same work
-from one program per ``block_r`` rows: a first pass over the row, ``block_c`` columns at a
-time, takes the max; a second recomputes the values and writes them in 8 bits with the row's
-scale. A row that fits one block (``block_c`` equal to its width) is computed once.
+from one program per ``block_r`` rows, reading each input once: the row block is computed
+``block_c`` columns at a time and held in registers, its max taken, and the values written in
+8 bits with the row's scale (rows wider than `ONE_PASS_MAX_WIDTH` are read twice, a first
+pass for the max). On an H200 that took the PaliGemma 1 3B 224/32 float8 step from 234.7 to
+250.3 examples/s, PaliGemma 2 3B 448/8 from 47.2 to 49.7 (BENCHMARKS.md, "The GeGLU's FP8
+scaling in Pallas kernels").
 
 The arithmetic is `quant`'s: scale ``= max |v| / top`` per row (1 where the row is all zero),
 values ``clip(v / scale)``; the GeGLU and its derivative in float32 from the bf16 gate and up,
