@@ -81,8 +81,13 @@ def _block_c(width: int, config: Config) -> int:
 
 
 def supports(width: int) -> bool:
-    """Whether the kernels run here for a GeGLU ``width`` wide (the MLP's hidden size)."""
-    if not (ENABLED and jax.default_backend() == "gpu" and (width & -width) >= 16):
+    """Whether the kernels run here for a GeGLU ``width`` wide (the MLP's hidden size).
+
+    One device only: XLA cannot split a Pallas kernel over a sharded batch, so on several it
+    would gather every device's rows (as for `flash_attention`); XLA's passes shard.
+    """
+    if not (ENABLED and jax.default_backend() == "gpu" and (width & -width) >= 16
+            and jax.device_count() == 1):
         return False
     capability = devices.compute_capability(jax.devices()[0])
     return capability is not None and capability >= devices.FP8_MIN_CAPABILITY
