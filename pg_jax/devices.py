@@ -51,23 +51,19 @@ def compute_dtype(requested: str, device) -> Choice:
     return Choice("float32", f"auto: float32 on {device.platform}")
 
 
-def attention_implementation(requested: str, device, *, dtype, softcap: float = 0.0,
-                             num_devices: int = 1) -> str:
+def attention_implementation(requested: str, device, *, dtype, softcap: float = 0.0) -> str:
     """The attention implementation for ``requested`` (see pg_jax.models.attention).
 
     auto: cuDNN's fused kernel on GPUs that run it (compute capability 8.0 or later, a
     bfloat16/float16 ``dtype``, an installed cuDNN that jax can use, no logit soft-cap). With
     a soft-cap (PaliGemma 2's LLM): the Pallas forward kernel on a bfloat16 GPU of 8.0 or later
-    when the program runs on ``num_devices`` = 1 (XLA cannot split a Pallas kernel across
-    devices: it would gather every device's batch to each). Else the plain einsums, which run
-    everywhere.
+    (on several devices each runs it on its own batch elements). Else the plain einsums, which
+    run everywhere.
     """
-    return attention_choice(requested, device, dtype=dtype, softcap=softcap,
-                            num_devices=num_devices).value
+    return attention_choice(requested, device, dtype=dtype, softcap=softcap).value
 
 
-def attention_choice(requested: str, device, *, dtype, softcap: float = 0.0,
-                     num_devices: int = 1) -> Choice:
+def attention_choice(requested: str, device, *, dtype, softcap: float = 0.0) -> Choice:
     """``attention_implementation`` with the reason, for the logs."""
     import jax.numpy as jnp
 
@@ -79,9 +75,6 @@ def attention_choice(requested: str, device, *, dtype, softcap: float = 0.0,
                 or capability < PALLAS_ATTENTION_MIN_CAPABILITY):
             return Choice("einsum", f"auto: a logit soft-cap (no cuDNN), "
                                     f"{jnp.dtype(dtype).name} on {device.device_kind}")
-        if num_devices > 1:
-            return Choice("einsum", f"auto: the soft-cap kernel runs on one device, not "
-                                    f"{num_devices}")
         return Choice("pallas", f"auto: soft-cap kernel on {device.device_kind}")
     if jnp.dtype(dtype).name not in ("bfloat16", "float16") or device.platform != "gpu":
         return Choice("einsum", f"auto: {jnp.dtype(dtype).name} on {device.platform}")
@@ -99,13 +92,10 @@ def describe(dtype: str, attention: str, device, model_cfg: dict) -> str:
     The image tower has no logit soft-cap; with PaliGemma 2's the two towers' attention
     implementations may differ, and both are named then.
     """
-    import jax
-
     compute = compute_dtype(dtype, device)
     softcap = model_cfg["llm"].get("attn_logits_softcap", 0.0)
     image = attention_choice(attention, device, dtype=compute.value)
-    llm = attention_choice(attention, device, dtype=compute.value, softcap=softcap,
-                           num_devices=jax.device_count())
+    llm = attention_choice(attention, device, dtype=compute.value, softcap=softcap)
     if image == llm:
         shown = f"{llm.value} ({llm.why})"
     else:

@@ -63,3 +63,8 @@ def test_sharded_step_equals_single_device():
 def test_decode_with_params_on_a_mesh_equals_one_device():
     out = _run_on_fake_devices("sharded_decode_check.py", 4)
     assert "SHARDED_DECODE_OK" in out, out[-6000:]
+
+
+def test_pallas_kernels_run_on_each_devices_rows():
+    out = _run_on_fake_devices("sharded_kernels_check.py", 4)
+    assert "SHARDED_KERNELS_OK" in out, out[-6000:]

@@ -79,9 +79,7 @@ def attend(
     if n % kv_heads:
         raise ValueError(f"{n} query heads are not a multiple of {kv_heads} kv heads")
     implementation = devices.attention_implementation(
-        implementation, jax.devices()[0], dtype=q.dtype, softcap=softcap,
-        num_devices=jax.device_count(),
-    )
+        implementation, jax.devices()[0], dtype=q.dtype, softcap=softcap)
 
     if implementation == "pallas" and t > 1 and flash_attention.supports(h):
         if isinstance(mask, KeyLengths):

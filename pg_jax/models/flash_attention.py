@@ -29,6 +29,8 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
+from pg_jax.models import row_partition
+
 # As in pg_jax.models.attention: masked logits are finite, so a fully masked row is uniform.
 BIG_NEG = -2.3819763e38
 
@@ -168,8 +170,13 @@ def _attention_fwd(q, k, v, mask, softcap, config, interpret):
     t_pad, s_pad = _round_up(t, config.block_q), _round_up(s, config.block_k)
     # int8: Triton loads no booleans. Padded queries see no keys (their rows are dropped).
     mask8 = _pad(_pad(mask.astype(jnp.int8), 1, t_pad), 2, s_pad)
-    out, top, inv_total = _forward(_pad(q, 1, t_pad), _pad(k, 1, s_pad), _pad(v, 1, s_pad),
-                                   mask8, softcap, s if s < s_pad else None, config, interpret)
+    padded = [_pad(q, 1, t_pad), _pad(k, 1, s_pad), _pad(v, 1, s_pad), mask8]
+    forward = functools.partial(_forward, softcap=softcap, num_keys=s if s < s_pad else None,
+                                config=config, interpret=interpret)
+    if jax.device_count() == 1:
+        out, top, inv_total = forward(*padded)
+    else:  # each device its own batch elements
+        out, top, inv_total = row_partition.over_leading_axis(forward, padded, [True] * 4)
     out = out[:, :t]
     # The statistics in the einsum attention's [B, K, G, T, 1] layout.
     top, inv_total = (x[:, :, :t].reshape(b, kv_heads, n // kv_heads, t, 1)

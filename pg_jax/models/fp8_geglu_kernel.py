@@ -37,6 +37,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from pg_jax import devices
+from pg_jax.models import row_partition
 
 E4M3_MAX, E5M2_MAX = 448.0, 57344.0
 _SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
@@ -81,13 +82,8 @@ def _block_c(width: int, config: Config) -> int:
 
 
 def supports(width: int) -> bool:
-    """Whether the kernels run here for a GeGLU ``width`` wide (the MLP's hidden size).
-
-    One device only: XLA cannot split a Pallas kernel over a sharded batch, so on several it
-    would gather every device's rows (as for `flash_attention`); XLA's passes shard.
-    """
-    if not (ENABLED and jax.default_backend() == "gpu" and (width & -width) >= 16
-            and jax.device_count() == 1):
+    """Whether the kernels run here for a GeGLU ``width`` wide (the MLP's hidden size)."""
+    if not (ENABLED and jax.default_backend() == "gpu" and (width & -width) >= 16):
         return False
     capability = devices.compute_capability(jax.devices()[0])
     return capability is not None and capability >= devices.FP8_MIN_CAPABILITY
@@ -190,32 +186,43 @@ def _backward_kernel(gate_ref, up_ref, dh_ref, row_scale_ref, dh_scale_ref, gate
 
 def _launch(kernel, row_inputs, row_scales, channel_scales, outputs, config, interpret, name):
     """``kernel`` over [R, F] row inputs, [R] row scales and [F] channel scales, one program
-    per ``block_r`` rows; each output is ([R, F] values, [R] scales)."""
+    per ``block_r`` rows; each output is ([R, F] values, [R] scales). On several devices each
+    runs it on its own rows (`row_partition`)."""
     rows, width = row_inputs[0].shape
-    block_r = config.block_r if rows % config.block_r == 0 else 1
-    block_c = _block_c(width, config)
-    row_spec = pl.BlockSpec((block_r, width), lambda i: (i, 0))
-    scale_spec = pl.BlockSpec((block_r,), lambda i: (i,))
-    channel_spec = pl.BlockSpec((width,), lambda i: (0,))
-    out_shape, out_specs = [], []
-    for dtype in outputs:
-        out_shape += [jax.ShapeDtypeStruct((rows, width), dtype),
-                      jax.ShapeDtypeStruct((rows,), jnp.float32)]
-        out_specs += [row_spec, scale_spec]
-    params = {} if interpret else {"compiler_params": plgpu.CompilerParams(
-        num_warps=config.num_warps, num_stages=config.num_stages)}
     as_f32 = lambda xs, n: [jnp.asarray(x, jnp.float32).reshape(n) for x in xs]  # noqa: E731
-    return pl.pallas_call(
-        functools.partial(kernel, block_c=block_c, one_pass=config.one_pass),
-        out_shape=tuple(out_shape),
-        grid=(rows // block_r,),
-        in_specs=([row_spec] * len(row_inputs) + [scale_spec] * len(row_scales)
-                  + [channel_spec] * len(channel_scales)),
-        out_specs=tuple(out_specs),
-        interpret=interpret,
-        name=name,
-        **params,
-    )(*row_inputs, *as_f32(row_scales, rows), *as_f32(channel_scales, width))
+    operands = [*row_inputs, *as_f32(row_scales, rows), *as_f32(channel_scales, width)]
+    n_rows = len(row_inputs) + len(row_scales)
+
+    def call(*operands):
+        rows, width = operands[0].shape
+        block_r = config.block_r if rows % config.block_r == 0 else 1
+        block_c = _block_c(width, config)
+        row_spec = pl.BlockSpec((block_r, width), lambda i: (i, 0))
+        scale_spec = pl.BlockSpec((block_r,), lambda i: (i,))
+        channel_spec = pl.BlockSpec((width,), lambda i: (0,))
+        out_shape, out_specs = [], []
+        for dtype in outputs:
+            out_shape += [jax.ShapeDtypeStruct((rows, width), dtype),
+                          jax.ShapeDtypeStruct((rows,), jnp.float32)]
+            out_specs += [row_spec, scale_spec]
+        params = {} if interpret else {"compiler_params": plgpu.CompilerParams(
+            num_warps=config.num_warps, num_stages=config.num_stages)}
+        return pl.pallas_call(
+            functools.partial(kernel, block_c=block_c, one_pass=config.one_pass),
+            out_shape=tuple(out_shape),
+            grid=(rows // block_r,),
+            in_specs=([row_spec] * len(row_inputs) + [scale_spec] * len(row_scales)
+                      + [channel_spec] * len(channel_scales)),
+            out_specs=tuple(out_specs),
+            interpret=interpret,
+            name=name,
+            **params,
+        )(*operands)
+
+    if jax.device_count() == 1:
+        return call(*operands)
+    return row_partition.over_leading_axis(
+        call, operands, [True] * n_rows + [False] * len(channel_scales))
 
 
 def forward(gate: jax.Array, up: jax.Array, row_scale: jax.Array, gate_scale: jax.Array,
