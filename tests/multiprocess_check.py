@@ -1,12 +1,13 @@
 """One of two processes (2 fake CPU devices each, gloo collectives) of a multi-host run.
 
     python tests/multiprocess_check.py PROCESS_ID PORT WORKDIR
+    python tests/multiprocess_check.py single WORKDIR   # one process, 4 fake CPU devices
 
 Checks what only several processes exercise: (1) decoding with params that span both processes,
 each process passing its own rows (`predict_fns.place_batch`), returns each process the tokens a
 single device gives for those rows; (2) the trainer runs on random batches end to end (global
 batches, metrics, the checkpoint, the final gather of host-sharded params) and both processes see
-the same loss.
+the same loss, the loss one process on as many devices gives for the same global batches.
 """
 
 import os
@@ -20,7 +21,36 @@ jax.config.update("jax_cpu_collectives_implementation", "gloo")
 jax.config.update("jax_threefry_partitionable", True)
 
 
+def train_runs(workdir, pid, strategies):
+    """The trainer on random batches (8 rows a step) with each sharding strategy; process 0
+    prints each run's losses."""
+    import numpy as np
+
+    from configs import docvqa
+    from pg_jax import metrics, train
+
+    for strategy in strategies:
+        c = docvqa.get_config(f"data=random,variant=tiny_pg1,res=28,text_len=8,sharding={strategy}")
+        c.unlock()
+        c.total_steps, c.log_training_steps, c.progress_bar = 3, 1, False
+        c.input.batch_size = 8  # global: 4 rows per process on two
+        c.export_npz = True  # exercises the cross-process gather before writing
+        run_dir = os.path.join(workdir, strategy)
+        out = train.train(c, run_dir)
+        assert out["steps"] == 3, out
+        if pid == 0:
+            losses = [r["training_loss"] for r in metrics.read_jsonl(f"{run_dir}/metrics.jsonl")]
+            assert len(losses) == 3 and all(np.isfinite(losses)), losses
+            assert os.path.exists(f"{run_dir}/params.npz")
+            print(f"LOSSES {strategy} {losses}", flush=True)
+
+
 def main():
+    if sys.argv[1] == "single":
+        assert jax.device_count() == 4 and jax.process_count() == 1
+        train_runs(sys.argv[2], 0, ["replicate"])
+        print("SINGLE_OK", flush=True)
+        return
     pid, port, workdir = int(sys.argv[1]), sys.argv[2], sys.argv[3]
     jax.distributed.initialize(f"localhost:{port}", num_processes=2, process_id=pid)
     assert jax.device_count() == 4 and jax.local_device_count() == 2
@@ -50,23 +80,7 @@ def main():
         got = np.asarray(decode(placed, rows, **kw))
         np.testing.assert_array_equal(got, expected, err_msg=rule)
 
-    from configs import docvqa
-    from pg_jax import metrics, train
-
-    for strategy in ("replicate", "fsdp"):
-        c = docvqa.get_config(f"data=random,variant=tiny_pg1,res=28,text_len=8,sharding={strategy}")
-        c.unlock()
-        c.total_steps, c.log_training_steps, c.progress_bar = 3, 1, False
-        c.input.batch_size = 8  # 4 rows per process
-        c.export_npz = True  # exercises the cross-process gather before writing
-        run_dir = os.path.join(workdir, strategy)
-        out = train.train(c, run_dir)
-        assert out["steps"] == 3, out
-        if pid == 0:
-            losses = [r["training_loss"] for r in metrics.read_jsonl(f"{run_dir}/metrics.jsonl")]
-            assert len(losses) == 3 and all(np.isfinite(losses)), losses
-            assert os.path.exists(f"{run_dir}/params.npz")
-            print(f"LOSSES {strategy} {losses}", flush=True)
+    train_runs(workdir, pid, ["replicate", "fsdp"])
     print(f"MULTIPROCESS_OK {pid}", flush=True)
 
 

@@ -44,9 +44,21 @@ def test_two_processes_decode_and_train(tmp_path):
     for i, out in enumerate(outs):
         assert f"MULTIPROCESS_OK {i}" in out, out[-4000:]
     # Both strategies train on the same global batches from the same init: same losses.
-    lines = dict(line.split(" ", 2)[1:] for line in outs[0].splitlines()
-                 if line.startswith("LOSSES "))
+    lines = _losses(outs[0])
     assert lines["replicate"] == lines["fsdp"] or _close(lines["replicate"], lines["fsdp"])
+    # One process on 4 devices, the same global batches: the two-host run's losses.
+    single = subprocess.run(
+        [sys.executable, os.path.join(HERE, "multiprocess_check.py"), "single",
+         str(tmp_path / "single")],
+        env=dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=4"),
+        capture_output=True, text=True, timeout=600, check=False)
+    assert "SINGLE_OK" in single.stdout, (single.stdout + single.stderr)[-4000:]
+    one = _losses(single.stdout)["replicate"]
+    assert one == lines["replicate"] or _close(one, lines["replicate"]), (one, lines)
+
+
+def _losses(out: str) -> dict[str, str]:
+    return dict(line.split(" ", 2)[1:] for line in out.splitlines() if line.startswith("LOSSES "))
 
 
 def _close(a: str, b: str) -> bool:

@@ -35,11 +35,17 @@ def test_resuming_from_state_continues_the_same_stream():
         src.make_iterator(batch_size=4, seed=3, state=state)
 
 
-def test_each_process_draws_its_own_rows():
-    make = lambda i: random_batches.RandomSource(res=14, text_len=6, vocab_size=40,  # noqa: E731
-                                                 answer_len=2, process_index=i)
-    first = next(make(0).make_iterator(batch_size=2, seed=3))
-    again = next(make(0).make_iterator(batch_size=2, seed=3))
-    other = next(make(1).make_iterator(batch_size=2, seed=3))
-    np.testing.assert_array_equal(first["text"], again["text"])
-    assert not np.array_equal(first["text"], other["text"])
+def test_processes_draw_the_rows_of_one_global_stream():
+    """Two processes' rows of each batch, stacked, are one process's batch of twice the size:
+    a two-host run trains on the single-host run's global batches."""
+    make = lambda i, n: random_batches.RandomSource(  # noqa: E731
+        res=14, text_len=6, vocab_size=40, answer_len=2, process_index=i, process_count=n)
+    single = make(0, 1).make_iterator(batch_size=4, seed=3)
+    parts = [make(i, 2).make_iterator(batch_size=2, seed=3) for i in range(2)]
+    for _ in range(3):
+        want, got = next(single), [next(p) for p in parts]
+        for k in want:
+            np.testing.assert_array_equal(np.concatenate([g[k] for g in got]), want[k], err_msg=k)
+    assert not np.array_equal(got[0]["text"], got[1]["text"])  # each process its own rows
+    with pytest.raises(ValueError, match="process_index 2"):
+        make(2, 2)

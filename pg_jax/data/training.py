@@ -61,6 +61,7 @@ def from_config(config, *, vocab_size: int) -> tuple[object, Callable]:
             # As many answer tokens as the loss scores (at most half the text).
             answer_len=min(config.loss_len, config.input.text_len // 2),
             process_index=jax.process_index(),
+            process_count=jax.process_count(),
         )
         return source, source.make_iterator
     if config.input.data["name"] == "arrays":
