@@ -108,6 +108,17 @@ def memory_report(compiled, device) -> tuple[str, float | None, float | None]:
     return text, peak, limit
 
 
+def measured_peak_bytes(devices) -> int | None:
+    """The largest ``peak_bytes_in_use`` of these devices since the process started (what the
+    benchmarks report for every framework), or None where no device reports it (CPU)."""
+    peaks = []
+    for d in devices:
+        stats = d.memory_stats() if hasattr(d, "memory_stats") else None
+        if stats and "peak_bytes_in_use" in stats:
+            peaks.append(int(stats["peak_bytes_in_use"]))
+    return max(peaks) if peaks else None
+
+
 def train_flops_per_example(
     model_cfg: dict,
     flat_params: dict,

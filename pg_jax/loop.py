@@ -117,13 +117,19 @@ def train(compiled, train_state, rng, it, first, *, mesh, config, start_step: in
             n_log += 1
             if step % config.log_training_steps == 0 or step == steps_total:
                 m.update(speed(n_log, time.time() - t_log))
+                peak = accounting.measured_peak_bytes(jax.local_devices())
+                if peak is not None:  # the largest of this process's devices
+                    m["peak_memory_gib"] = peak / 2**30
                 writer.write(step, m)
-                writer.progress(step, m["training_loss"], m["examples/s"], m.get("mfu"))
+                writer.progress(step, m["training_loss"], m["examples/s"], m.get("mfu"),
+                                m.get("peak_memory_gib"))
                 if not config.progress_bar:
                     writer.log(
                         f"step {step}/{steps_total}: loss {m['training_loss']:.4f}, "
                         f"{m['examples/s']:.1f} examples/s"
                         + (f", MFU {m['mfu']:.1%}" if "mfu" in m else "")
+                        + (f", peak {m['peak_memory_gib']:.1f} GiB" if "peak_memory_gib" in m
+                           else "")
                         + f" ({jax.device_count()} x {device.device_kind})"
                     )
                 t_log, n_log = time.time(), 0

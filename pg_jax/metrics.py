@@ -92,9 +92,11 @@ class MetricWriter:
             self._tb.flush()
 
     def progress(
-        self, step: int, loss: float, examples_per_s: float, mfu: float | None = None
+        self, step: int, loss: float, examples_per_s: float, mfu: float | None = None,
+        peak_memory_gib: float | None = None,
     ) -> None:
-        """Advances the bar to `step`, showing loss, examples/s and MFU (tqdm adds the ETA)."""
+        """Advances the bar to `step`, showing loss, examples/s, MFU and the devices' measured
+        peak memory where known (tqdm adds the ETA)."""
         show, total, start = self._bar_args
         if show and self._bar is None:
             from tqdm import tqdm
@@ -110,6 +112,8 @@ class MetricWriter:
             shown = {"loss": f"{loss:.4f}", "ex_s": f"{examples_per_s:.1f}"}
             if mfu is not None:
                 shown["mfu"] = f"{mfu:.1%}"
+            if peak_memory_gib is not None:
+                shown["peak"] = f"{peak_memory_gib:.1f}GiB"
             self._bar.set_postfix(shown, refresh=False)
             self._bar.update(step - self._bar.n)
 

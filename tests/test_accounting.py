@@ -46,3 +46,19 @@ def test_attention_only_flops_of_paligemma1_3b_at_224():
     all_llm = tuple(k for k in shapes if k.startswith("llm/layers/"))
     more = accounting.train_flops_per_example(cfg, shapes, all_llm, text, loss)
     assert more - got == pytest.approx(2 * frozen_layer * depth * tokens, rel=1e-12)
+
+
+class _Device:
+    def __init__(self, stats):
+        self._stats = stats
+
+    def memory_stats(self):
+        return self._stats
+
+
+def test_measured_peak_is_the_largest_reporting_devices():
+    devices = [_Device({"peak_bytes_in_use": 5, "bytes_in_use": 9}), _Device(None),
+               _Device({"peak_bytes_in_use": 7}), _Device({"bytes_in_use": 99})]
+    assert accounting.measured_peak_bytes(devices) == 7
+    # CPU devices report no memory statistics: no figure rather than a zero.
+    assert accounting.measured_peak_bytes([_Device(None), _Device({})]) is None
