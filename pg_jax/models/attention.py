@@ -26,9 +26,8 @@ import jax.numpy as jnp
 from pg_jax import devices
 from pg_jax.models import flash_attention
 
-# Large negative logit for masked positions. Finite (not -inf) so that a fully
-# masked row (a padding query) gives a uniform softmax instead of NaN.
-BIG_NEG = -2.3819763e38
+# Large negative logit for masked positions (shared with the kernel, which must mask alike).
+BIG_NEG = flash_attention.BIG_NEG
 
 IMPLEMENTATIONS = ("einsum", "xla", "cudnn", "pallas", "auto")
 

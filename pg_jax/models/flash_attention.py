@@ -31,7 +31,8 @@ from jax.experimental.pallas import triton as plgpu
 
 from pg_jax.models import row_partition
 
-# As in pg_jax.models.attention: masked logits are finite, so a fully masked row is uniform.
+# The logit of masked positions, here and in pg_jax.models.attention's einsums. Finite (not
+# -inf) so that a fully masked row (a padding query) gives a uniform softmax instead of NaN.
 BIG_NEG = -2.3819763e38
 
 

@@ -28,7 +28,6 @@ the CPU.
 from __future__ import annotations
 
 import functools
-import math
 from typing import NamedTuple
 
 import jax
@@ -38,9 +37,9 @@ from jax.experimental.pallas import triton as plgpu
 
 from pg_jax import devices
 from pg_jax.models import row_partition
+from pg_jax.models.gelu import tanh_gelu_and_derivative
 
 E4M3_MAX, E5M2_MAX = 448.0, 57344.0
-_SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
 # False keeps XLA's scaling everywhere (``scripts/bench_train_step.py --fp8_geglu_kernel off``).
 ENABLED = True
 
@@ -87,13 +86,6 @@ def supports(width: int) -> bool:
         return False
     capability = devices.compute_capability(jax.devices()[0])
     return capability is not None and capability >= devices.FP8_MIN_CAPABILITY
-
-
-def _gelu_parts(x):
-    """``(gelu_tanh(x), d gelu_tanh / dx)`` in float32, in the sigmoid form of
-    `gemma.gelu_gated`: gelu_tanh(x) = x sigmoid(2z), z = sqrt(2/pi) (x + 0.044715 x^3)."""
-    s = 1.0 / (1.0 + jnp.exp(-2 * _SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)))
-    return x * s, s + x * 2 * s * (1 - s) * _SQRT_2_OVER_PI * (1 + 3 * 0.044715 * x * x)
 
 
 def _scale(amax, top):
@@ -158,7 +150,7 @@ def _forward_kernel(gate_ref, up_ref, row_scale_ref, gate_scale_ref, up_scale_re
     row_scale = row_scale_ref[...][:, None]
 
     def values(cs):
-        gelu, _ = _gelu_parts(gate_ref[:, cs].astype(jnp.float32) * row_scale
+        gelu, _ = tanh_gelu_and_derivative(gate_ref[:, cs].astype(jnp.float32) * row_scale
                               * gate_scale_ref[cs][None, :])
         return [gelu * (up_ref[:, cs].astype(jnp.float32) * row_scale * up_scale_ref[cs][None, :])]
 
@@ -174,7 +166,7 @@ def _backward_kernel(gate_ref, up_ref, dh_ref, row_scale_ref, dh_scale_ref, gate
 
     def values(cs):
         gate_scale, up_scale = gate_scale_ref[cs][None, :], up_scale_ref[cs][None, :]
-        gelu, dgelu = _gelu_parts(gate_ref[:, cs].astype(jnp.float32) * row_scale * gate_scale)
+        gelu, dgelu = tanh_gelu_and_derivative(gate_ref[:, cs].astype(jnp.float32) * row_scale * gate_scale)
         up = up_ref[:, cs].astype(jnp.float32) * row_scale * up_scale
         g = dh_ref[:, cs].astype(jnp.float32) * dh_scale
         return [g * up * dgelu * gate_scale, g * gelu * up_scale]

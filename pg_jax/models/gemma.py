@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from pg_jax.models import attention, lora, quant
+from pg_jax.models.gelu import tanh_gelu_and_derivative
 
 QUERY_PRE_ATTN_NORMS = ("rsqrt_head_dim", "rsqrt_emb_per_head")
 
@@ -211,9 +212,6 @@ class Attention(nn.Module):
         return out("BTNH,NHD->BTD", encoded), new_kv
 
 
-_SQRT_2_OVER_PI = 0.7978845608028654
-
-
 @jax.custom_vjp
 def gelu_gated(gate: jax.Array, up: jax.Array) -> jax.Array:
     """``gelu_tanh(gate) * up``, with a hand-written backward pass.
@@ -232,12 +230,7 @@ def _gelu_gated_fwd(gate, up):
 
 def _gelu_gated_bwd(saved, grad):
     gate, up = saved
-    x = gate.astype(jnp.float32)
-    # gelu_tanh(x) = x (1 + tanh(z)) / 2 = x sigmoid(2z), z = sqrt(2/pi) (x + 0.044715 x^3);
-    # the sigmoid form keeps its precision where tanh(z) is near -1.
-    s = jax.nn.sigmoid(2 * _SQRT_2_OVER_PI * (x + 0.044715 * x**3))
-    gelu = x * s
-    dgelu = s + x * 2 * s * (1 - s) * _SQRT_2_OVER_PI * (1 + 3 * 0.044715 * x * x)
+    gelu, dgelu = tanh_gelu_and_derivative(gate.astype(jnp.float32))
     g = grad.astype(jnp.float32)
     d_gate = g * up.astype(jnp.float32) * dgelu
     return d_gate.astype(gate.dtype), (g * gelu).astype(up.dtype)
