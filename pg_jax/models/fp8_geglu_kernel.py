@@ -166,7 +166,8 @@ def _backward_kernel(gate_ref, up_ref, dh_ref, row_scale_ref, dh_scale_ref, gate
 
     def values(cs):
         gate_scale, up_scale = gate_scale_ref[cs][None, :], up_scale_ref[cs][None, :]
-        gelu, dgelu = tanh_gelu_and_derivative(gate_ref[:, cs].astype(jnp.float32) * row_scale * gate_scale)
+        gate = gate_ref[:, cs].astype(jnp.float32) * row_scale * gate_scale
+        gelu, dgelu = tanh_gelu_and_derivative(gate)
         up = up_ref[:, cs].astype(jnp.float32) * row_scale * up_scale
         g = dh_ref[:, cs].astype(jnp.float32) * dh_scale
         return [g * up * dgelu * gate_scale, g * gelu * up_scale]
