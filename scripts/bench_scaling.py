@@ -78,12 +78,20 @@ def run_case(a: argparse.Namespace, n: int, sharding: str, workdir: str) -> dict
                 env["JAX_CPU_COLLECTIVES_IMPLEMENTATION"] = "gloo"
             procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                           stderr=subprocess.STDOUT, text=True))
-        outputs = [p.communicate(timeout=a.timeout)[0] for p in procs]
+        try:
+            outputs = [p.communicate(timeout=a.timeout)[0] for p in procs]
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                p.kill()
+            return {"error": f"ran past --timeout {a.timeout:g} s"}
         returncode = max(p.returncode for p in procs)
         output = outputs[0]
     else:
-        proc = subprocess.run(cmd, cwd=ROOT, env=device_env(a, list(range(n))),
-                              capture_output=True, text=True, timeout=a.timeout, check=False)
+        try:
+            proc = subprocess.run(cmd, cwd=ROOT, env=device_env(a, list(range(n))),
+                                  capture_output=True, text=True, timeout=a.timeout, check=False)
+        except subprocess.TimeoutExpired:
+            return {"error": f"ran past --timeout {a.timeout:g} s"}
         returncode, output = proc.returncode, proc.stdout + proc.stderr
     if returncode != 0:
         return {"error": f"exit {returncode}: " + output[-1500:]}
@@ -159,6 +167,9 @@ def main(argv=None) -> None:
     p.add_argument("--workdir", default="", help="keep each run's workdir under this folder")
     p.add_argument("--out", default="", help="write the results as JSON here")
     a = p.parse_args(argv)
+    if a.steps < 2 * a.log_every:  # the first logged interval holds the compile, so is not timed
+        p.error(f"--steps {a.steps} gives fewer than two logged intervals of --log_every "
+                f"{a.log_every}: use --steps {2 * a.log_every} or more")
 
     root = a.workdir or tempfile.mkdtemp(prefix="pg_jax_scaling_")
     results = []
