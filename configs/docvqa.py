@@ -196,8 +196,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     cfg.frozen_dtype = "auto"
     cfg.loss_scale = "auto"  # dynamic loss scaling when dtype is float16
     cfg.remat_policy = "none" if c.demo or c.mode == "runlocal" else "nothing_saveable"
-    # auto: cuDNN's fused attention on GPUs that run it; PaliGemma 2's soft-capped LLM: the
-    # Pallas forward kernel on bf16 GPUs (pg_jax.models.flash_attention); else einsum.
+    # auto: on bf16 GPUs the LLM takes the Pallas forward kernel (pg_jax.models.flash_attention;
+    # it takes PaliGemma 2's soft-cap) and the image tower cuDNN's fused attention; else einsum.
     cfg.attention_impl = "auto"
     # Unrolled LLM layers train faster with less memory than a rolled scan (PG1-3B 224/32 on an
     # H100: 1.23x, 46.6 -> 26.7 GiB; BENCHMARKS.md) for ~35 s more compile. "auto": unrolled

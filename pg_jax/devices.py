@@ -14,8 +14,8 @@ BFLOAT16_MIN_CAPABILITY = 8.0
 CUDNN_ATTENTION_MIN_CAPABILITY = 8.0
 # FP8 matrix units (frozen_dtype=float8): Ada (8.9: L4) and Hopper (9.0: H100, H200).
 FP8_MIN_CAPABILITY = 8.9
-# pg_jax.models.flash_attention's Triton kernel, where auto picks it (a soft-cap, bfloat16):
-# measured on an H200 (9.0); Ampere (8.0) has the same bf16 matrix instructions.
+# pg_jax.models.flash_attention's Triton kernel, where auto picks it (bfloat16, Gemma's heads):
+# measured on an H100 and an H200 (9.0); Ampere (8.0) has the same bf16 matrix instructions.
 PALLAS_ATTENTION_MIN_CAPABILITY = 8.0
 
 
@@ -51,33 +51,43 @@ def compute_dtype(requested: str, device) -> Choice:
     return Choice("float32", f"auto: float32 on {device.platform}")
 
 
-def attention_implementation(requested: str, device, *, dtype, softcap: float = 0.0) -> str:
+def attention_implementation(requested: str, device, *, dtype, head_dim: int,
+                             softcap: float = 0.0) -> str:
     """The attention implementation for ``requested`` (see pg_jax.models.attention).
 
-    auto: cuDNN's fused kernel on GPUs that run it (compute capability 8.0 or later, a
-    bfloat16/float16 ``dtype``, an installed cuDNN that jax can use, no logit soft-cap). With
-    a soft-cap (PaliGemma 2's LLM): the Pallas forward kernel on a bfloat16 GPU of 8.0 or later
-    (on several devices each runs it on its own batch elements). Else the plain einsums, which
+    auto, on a bfloat16 GPU of compute capability 8.0 or later: the Pallas forward kernel
+    (pg_jax.models.flash_attention) where it tiles ``head_dim`` (powers of two: every Gemma
+    LLM's heads), with or without a logit soft-cap; it beats cuDNN's kernel on Gemma 1's
+    multi-query heads and is the only fused one that takes Gemma 2's soft-cap. Other heads
+    (SigLIP's 72-wide ones) take cuDNN's fused kernel where it runs (8.0 or later, bfloat16 or
+    float16, an installed cuDNN that jax can use, no soft-cap). Else the plain einsums, which
     run everywhere.
     """
-    return attention_choice(requested, device, dtype=dtype, softcap=softcap).value
+    return attention_choice(requested, device, dtype=dtype, head_dim=head_dim,
+                            softcap=softcap).value
 
 
-def attention_choice(requested: str, device, *, dtype, softcap: float = 0.0) -> Choice:
+def attention_choice(requested: str, device, *, dtype, head_dim: int,
+                     softcap: float = 0.0) -> Choice:
     """``attention_implementation`` with the reason, for the logs."""
     import jax.numpy as jnp
+
+    from pg_jax.models import flash_attention  # jax only; imported late like jnp above
 
     if requested != "auto":
         return Choice(requested, "as configured")
     capability = compute_capability(device)
+    dtype_name = jnp.dtype(dtype).name
+    if (dtype_name == "bfloat16" and capability is not None
+            and capability >= PALLAS_ATTENTION_MIN_CAPABILITY
+            and flash_attention.supports(head_dim)):
+        return Choice("pallas", f"auto: fused kernel for {head_dim}-wide heads "
+                                f"on {device.device_kind}")
     if softcap:
-        if (jnp.dtype(dtype).name != "bfloat16" or capability is None
-                or capability < PALLAS_ATTENTION_MIN_CAPABILITY):
-            return Choice("einsum", f"auto: a logit soft-cap (no cuDNN), "
-                                    f"{jnp.dtype(dtype).name} on {device.device_kind}")
-        return Choice("pallas", f"auto: soft-cap kernel on {device.device_kind}")
-    if jnp.dtype(dtype).name not in ("bfloat16", "float16") or device.platform != "gpu":
-        return Choice("einsum", f"auto: {jnp.dtype(dtype).name} on {device.platform}")
+        return Choice("einsum", f"auto: a logit soft-cap (no cuDNN), "
+                                f"{dtype_name} on {device.device_kind}")
+    if dtype_name not in ("bfloat16", "float16") or device.platform != "gpu":
+        return Choice("einsum", f"auto: {dtype_name} on {device.platform}")
     if capability is None or capability < CUDNN_ATTENTION_MIN_CAPABILITY:
         return Choice("einsum", f"auto: no cuDNN attention on {device.device_kind}")
     if not cudnn_attention_available(device.device_kind):
@@ -89,13 +99,16 @@ def describe(dtype: str, attention: str, device, model_cfg: dict) -> str:
     """What the configured ``dtype`` and ``attention`` ("auto" or not) resolve to on ``device``
     for the model ``model_cfg`` ({"img": ..., "llm": ...}), with why: the trainer's log line.
 
-    The image tower has no logit soft-cap; with PaliGemma 2's the two towers' attention
-    implementations may differ, and both are named then.
+    The towers' heads differ in width (SigLIP's are 72 wide, Gemma's 256 or 128) and only the
+    LLM may soft-cap its logits, so their attention implementations may differ; both are
+    named then.
     """
     compute = compute_dtype(dtype, device)
-    softcap = model_cfg["llm"].get("attn_logits_softcap", 0.0)
-    image = attention_choice(attention, device, dtype=compute.value)
-    llm = attention_choice(attention, device, dtype=compute.value, softcap=softcap)
+    img, llm_cfg = model_cfg["img"], model_cfg["llm"]
+    image = attention_choice(attention, device, dtype=compute.value,
+                             head_dim=img["width"] // img["num_heads"])
+    llm = attention_choice(attention, device, dtype=compute.value, head_dim=llm_cfg["head_dim"],
+                           softcap=llm_cfg.get("attn_logits_softcap", 0.0))
     if image == llm:
         shown = f"{llm.value} ({llm.why})"
     else:

@@ -329,8 +329,8 @@ def main():
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--pg_jax_args",
                    help="extra bench_train_step.py arguments (e.g. '--remat nothing_saveable'); "
-                        "default on a GPU: '--attention_impl cudnn' for PaliGemma 1, 'auto' for "
-                        "PaliGemma 2 (cuDNN in the image tower; the LLM's soft-cap needs einsum)")
+                        "default on a GPU: '--attention_impl auto' (the Pallas kernel in the "
+                        "LLM, cuDNN in the image tower)")
     p.add_argument("--hf_gradient_checkpointing", action="store_true")
     p.add_argument("--peft_rank", type=int, default=8, help="LoRA rank of hf_peft and pg_jax")
     p.add_argument("--peft_alpha", type=int, default=8, help="LoRA alpha of hf_peft and pg_jax")
@@ -357,8 +357,7 @@ def main():
         return
 
     if a.pg_jax_args is None:
-        impl = "cudnn" if "pg1" in a.variant else "auto"
-        a.pg_jax_args = f"--attention_impl {impl}" if _has_gpu() else ""
+        a.pg_jax_args = "--attention_impl auto" if _has_gpu() else ""
     sides = a.sides or list(SIDES[a.mode])
     unknown = [s for s in sides if s not in SIDES[a.mode]]
     if unknown:

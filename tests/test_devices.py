@@ -52,23 +52,31 @@ def test_float8_frozen_weights_need_fp8_matrix_units():
 
 def test_auto_attention(monkeypatch):
     monkeypatch.setattr(devices, "cudnn_attention_available", lambda kind: True)
-    assert devices.attention_implementation("auto", A100, dtype=jnp.bfloat16) == "cudnn"
-    assert devices.attention_implementation("auto", A100, dtype="float16") == "cudnn"
-    # cuDNN's kernel: no soft-cap (PaliGemma 2), no float32, not before compute capability 8.0.
-    # A soft-cap takes the Pallas forward kernel on a bf16 GPU of 8.0+, else the einsums.
-    assert devices.attention_implementation("auto", A100, dtype="bfloat16", softcap=50.0) == (
-        "pallas"
-    )
+
+    def auto(device, dtype, head_dim, softcap=0.0):
+        return devices.attention_implementation("auto", device, dtype=dtype, head_dim=head_dim,
+                                                softcap=softcap)
+
+    # Gemma's power-of-two heads take the Pallas forward kernel on a bf16 GPU of 8.0+, soft-cap
+    # (PaliGemma 2) or not (PaliGemma 1); SigLIP's 72-wide ones, which it does not tile, cuDNN's.
+    for softcap in (0.0, 50.0):
+        assert auto(A100, jnp.bfloat16, 256, softcap) == "pallas"
+        assert auto(A100, "bfloat16", 128, softcap) == "pallas"
+    assert auto(A100, jnp.bfloat16, 72) == "cudnn"
+    assert auto(A100, "float16", 256) == "cudnn"  # the kernel is built for bfloat16
+    # No cuDNN for a soft-cap, float32 or before compute capability 8.0: the einsums.
+    assert auto(A100, "bfloat16", 72, softcap=50.0) == "einsum"
     for device, dtype in ((A100, "float16"), (A100, "float32"), (T4, "float16"),
                           (TPU, "bfloat16"), (CPU, "bfloat16")):
-        assert devices.attention_implementation("auto", device, dtype=dtype,
-                                                softcap=50.0) == "einsum"
-    assert devices.attention_implementation("auto", A100, dtype=jnp.float32) == "einsum"
+        assert auto(device, dtype, 256, softcap=50.0) == "einsum"
+    assert auto(A100, jnp.float32, 256) == "einsum"
     for device in (T4, P100, TPU, CPU):
-        assert devices.attention_implementation("auto", device, dtype="bfloat16") == "einsum"
-    assert devices.attention_implementation("xla", T4, dtype="float32") == "xla"
+        for head_dim in (72, 256):
+            assert auto(device, "bfloat16", head_dim) == "einsum"
+    assert devices.attention_implementation("xla", T4, dtype="float32", head_dim=256) == "xla"
     monkeypatch.setattr(devices, "cudnn_attention_available", lambda kind: False)
-    assert devices.attention_implementation("auto", A100, dtype="bfloat16") == "einsum"
+    assert auto(A100, "bfloat16", 72) == "einsum"
+    assert auto(A100, "bfloat16", 256) == "pallas"  # the kernel needs no cuDNN
 
 
 def test_no_cudnn_attention_on_cpu():
@@ -113,8 +121,9 @@ def test_auto_attention_is_einsum_on_cpu():
                                   attention.attend(q, q, q, mask, implementation="einsum"))
 
 
-PG1 = {"img": {}, "llm": {}}
-PG2 = {"img": {}, "llm": {"attn_logits_softcap": 50.0}}
+SIGLIP = {"width": 1152, "num_heads": 16}  # 72-wide heads
+PG1 = {"img": SIGLIP, "llm": {"head_dim": 256}}
+PG2 = {"img": SIGLIP, "llm": {"head_dim": 256, "attn_logits_softcap": 50.0}}
 
 
 def test_trainer_line_names_dtype_and_attention_with_why(monkeypatch):
@@ -122,12 +131,11 @@ def test_trainer_line_names_dtype_and_attention_with_why(monkeypatch):
     assert devices.describe("auto", "auto", T4, PG1) == (
         "compute float16 (auto: Tesla T4 has no bfloat16), "
         "attention einsum (auto: no cuDNN attention on Tesla T4)")
-    assert devices.describe("auto", "auto", A100, PG1) == (
-        "compute bfloat16 (auto: A100), attention cudnn (auto: A100)")
-    # PaliGemma 2's LLM soft-caps its logits, which cuDNN's kernel cannot: the towers differ.
-    assert devices.describe("auto", "auto", A100, PG2) == (
-        "compute bfloat16 (auto: A100), attention cudnn in the image tower (auto: A100), "
-        "pallas in the LLM (auto: soft-cap kernel on A100)")
+    # The kernel tiles Gemma's 256-wide heads, not SigLIP's 72-wide ones: the towers differ.
+    for model in (PG1, PG2):
+        assert devices.describe("auto", "auto", A100, model) == (
+            "compute bfloat16 (auto: A100), attention cudnn in the image tower (auto: A100), "
+            "pallas in the LLM (auto: fused kernel for 256-wide heads on A100)")
     assert devices.describe("auto", "auto", T4, PG2) == (
         "compute float16 (auto: Tesla T4 has no bfloat16), attention einsum in the image tower "
         "(auto: no cuDNN attention on Tesla T4), einsum in the LLM (auto: a logit soft-cap "
@@ -138,4 +146,5 @@ def test_trainer_line_names_dtype_and_attention_with_why(monkeypatch):
         "compute float32 (as configured), attention xla (as configured)")
     monkeypatch.setattr(devices, "cudnn_attention_available", lambda kind: False)
     assert devices.describe("auto", "auto", A100, PG1).endswith(
-        "attention einsum (auto: jax's cuDNN attention does not compile here)")
+        "attention einsum in the image tower (auto: jax's cuDNN attention does not compile "
+        "here), pallas in the LLM (auto: fused kernel for 256-wide heads on A100)")

@@ -13,8 +13,9 @@ swapped from a config:
 - ``"pallas"``: pg_jax.models.flash_attention's fused forward kernel (Pallas, Triton; GPU)
   with the einsum backward pass. Takes the soft-cap; one-token decode steps and heads the
   kernel does not tile (`flash_attention.supports`) keep the einsums.
-- ``"auto"``: ``"cudnn"`` where the device runs it; with a soft-cap, ``"pallas"`` on one
-  bf16 GPU; else ``"einsum"`` (pg_jax.devices.attention_implementation).
+- ``"auto"``: ``"pallas"`` on a bf16 GPU for heads the kernel tiles (Gemma's), ``"cudnn"``
+  for other heads where the device runs it; else ``"einsum"``
+  (pg_jax.devices.attention_implementation).
 """
 
 import functools
@@ -78,7 +79,7 @@ def attend(
     if n % kv_heads:
         raise ValueError(f"{n} query heads are not a multiple of {kv_heads} kv heads")
     implementation = devices.attention_implementation(
-        implementation, jax.devices()[0], dtype=q.dtype, softcap=softcap)
+        implementation, jax.devices()[0], dtype=q.dtype, head_dim=h, softcap=softcap)
 
     if implementation == "pallas" and t > 1 and flash_attention.supports(h):
         if isinstance(mask, KeyLengths):
